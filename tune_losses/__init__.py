@@ -1,0 +1,1 @@
+"""tune_losses: hyperparameter search over the loss of a segmentation model."""

@@ -81,6 +81,8 @@ def read_classes(cfg: DataConfig) -> ClassSpec:
             raise DataError(f"{path}: expected a JSON object, found {type(data).__name__}")
     file_names = data.get("classes")
     names = list(cfg.classes) if cfg.classes is not None else file_names
+    if not names and cfg.palette is not None:
+        names = [f"class_{i}" for i in range(len(cfg.palette))]
     if not names:
         raise DataError(f"{path}: not found or without 'classes', and data.classes is not set")
     if cfg.classes is not None and file_names is not None and len(file_names) != len(names):

@@ -1,0 +1,41 @@
+"""Loss terms for semantic segmentation, their registry, and the weighted mix.
+
+Each term is a pure function ``fn(logits [B,C,H,W], target [B,H,W], *, options,
+ignore_index=255) -> 0-dim Tensor`` registered by name; :class:`LossMix` combines them.
+
+Example:
+    >>> import torch
+    >>> from tune_losses.losses import get_loss
+    >>> logits, target = torch.zeros(2, 3, 4, 4), torch.zeros(2, 4, 4, dtype=torch.long)
+    >>> round(get_loss("ce")(logits, target).item(), 4)
+    1.0986
+"""
+
+from __future__ import annotations
+
+from .boundary import boundary, boundary_focal
+from .ce import cross_entropy
+from .class_weights import class_weights_from_frequencies
+from .dice import dice, jaccard, tversky
+from .focal import focal
+from .lovasz import lovasz_hinge, lovasz_softmax
+from .mix import LossMix, LossOutput
+from .registry import LOSSES, get_loss, register_loss
+
+__all__ = [
+    "LOSSES",
+    "register_loss",
+    "get_loss",
+    "cross_entropy",
+    "focal",
+    "boundary_focal",
+    "lovasz_softmax",
+    "lovasz_hinge",
+    "dice",
+    "jaccard",
+    "tversky",
+    "boundary",
+    "class_weights_from_frequencies",
+    "LossMix",
+    "LossOutput",
+]

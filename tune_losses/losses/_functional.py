@@ -1,0 +1,190 @@
+"""Shared private math for the loss terms: input checks, one softmax per head, Sobel edges.
+
+Every term reads its inputs through a :class:`Prepared` object, so that when several terms
+of one head run together (see :class:`~tune_losses.losses.mix.LossMix`) the log-softmax, the
+true-class log-probabilities, the soft Dice counts and the label edge map are computed once
+and shared. Each cached quantity is lazy: a term that does not need it never pays for it.
+
+All arithmetic runs in float32 (float64 inputs stay float64, for ``gradcheck``) with autocast
+disabled: half-precision logits are upcast once, here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from functools import cached_property
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+ClassSelection = str | Sequence[int]
+
+
+@contextlib.contextmanager
+def float32_region(tensor: Tensor) -> Iterator[None]:
+    """Disable autocast on ``tensor``'s device so every op in the block keeps its input dtype."""
+    with torch.autocast(device_type=tensor.device.type, enabled=False):
+        yield
+
+
+def working_dtype(logits: Tensor) -> Tensor:
+    """Upcast half-precision logits to float32; float32 and float64 pass through unchanged."""
+    if logits.dtype in (torch.float32, torch.float64):
+        return logits
+    return logits.float()
+
+
+def check_inputs(logits: Tensor, target: Tensor) -> None:
+    """Raise ValueError unless logits is a floating [B,C,H,W] and target an integer [B,H,W]."""
+    if logits.dim() != 4 or not logits.is_floating_point():
+        raise ValueError(
+            f"logits must be a floating [B,C,H,W] tensor, got {tuple(logits.shape)} {logits.dtype}"
+        )
+    if target.dim() != 3 or target.is_floating_point() or target.dtype == torch.bool:
+        raise ValueError(
+            f"target must be an integer [B,H,W] tensor, got {tuple(target.shape)} {target.dtype}"
+        )
+    b, _, h, w = logits.shape
+    if tuple(target.shape) != (b, h, w):
+        raise ValueError(
+            f"target shape {tuple(target.shape)} does not match logits {tuple(logits.shape)}: "
+            f"expected ({b}, {h}, {w})"
+        )
+
+
+def class_vector(
+    values: float | Sequence[float] | Tensor, num_classes: int, like: Tensor, name: str
+) -> Tensor:
+    """Turn a per-class list/tensor into a [C] tensor on ``like``'s device and dtype."""
+    vec = torch.as_tensor(values, dtype=like.dtype, device=like.device).flatten()
+    if vec.numel() != num_classes:
+        raise ValueError(
+            f"{name} has {vec.numel()} entries, expected one per class ({num_classes})"
+        )
+    return vec
+
+
+def class_selection(classes: ClassSelection, num_classes: int, device: torch.device) -> Tensor:
+    """Mask [C] of the classes a per-class loss averages over; "present" is applied by the caller.
+
+    "all" and "present" start from every class; a list of ids keeps only those ids.
+    """
+    if isinstance(classes, str):
+        if classes not in ("all", "present"):
+            raise ValueError(f'classes must be "present", "all" or a list of ids, got {classes!r}')
+        return torch.ones(num_classes, dtype=torch.bool, device=device)
+    ids = list(classes)
+    if not ids or any(not 0 <= int(c) < num_classes for c in ids):
+        raise ValueError(f"classes ids {ids} must be a non-empty list within [0, {num_classes})")
+    mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
+    mask[torch.as_tensor([int(c) for c in ids], device=device)] = True
+    return mask
+
+
+def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
+    """Mean of ``values`` where ``mask`` holds; exactly 0 (graph kept) when the mask is empty."""
+    mask = mask.to(values.dtype)
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def sobel_magnitude(x: Tensor, eps: float = 1e-12) -> Tensor:
+    """Edge strength in [0, 1] of a stack of maps [B,C,H,W] in [0, 1]: one value per pixel.
+
+    Per channel the Sobel gradient (G_x, G_y) is taken with replicate padding, so the image
+    border is not an edge; the strength is ``clamp(sum_c |G_c|_2 / 8, 0, 1)``. For a one-hot
+    label a straight boundary between two classes scores 1 (each class's Sobel response is
+    4, and the two classes count once each); flat regions score 0. ``eps`` under the square
+    root keeps the gradient finite on flat regions (pass 0 for a label map).
+    """
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    dx = xp[..., :, 2:] - xp[..., :, :-2]
+    dy = xp[..., 2:, :] - xp[..., :-2, :]
+    gx = dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :]
+    gy = dy[..., :, :-2] + 2.0 * dy[..., :, 1:-1] + dy[..., :, 2:]
+    magnitude = torch.sqrt(gx.square() + gy.square() + eps)
+    return (magnitude.sum(dim=1) / 8.0).clamp(0.0, 1.0)
+
+
+class Prepared:
+    """Logits and target of one head, with lazily cached shared quantities.
+
+    Args:
+        logits: [B,C,H,W] raw scores (any floating dtype; upcast to float32).
+        target: [B,H,W] class ids, ``ignore_index`` marks pixels left out.
+        ignore_index: label of ignored pixels.
+    """
+
+    def __init__(self, logits: Tensor, target: Tensor, ignore_index: int) -> None:
+        check_inputs(logits, target)
+        self.logits = working_dtype(logits)
+        self.ignore_index = ignore_index
+        self.num_classes = logits.shape[1]
+        self.valid = target != ignore_index
+        n_labels = max(self.num_classes, 2)  # a 1-channel binary head takes labels 0 and 1
+        in_range = (target >= 0) & (target < n_labels)
+        if bool((self.valid & ~in_range).any()):
+            raise ValueError(
+                f"target holds ids outside [0, {n_labels}) that are not ignore_index={ignore_index}"
+            )
+        self.target = torch.where(self.valid, target, torch.zeros_like(target))
+
+    @cached_property
+    def validf(self) -> Tensor:
+        """Valid mask [B,H,W] as the working float dtype."""
+        return self.valid.to(self.logits.dtype)
+
+    @cached_property
+    def n_valid(self) -> Tensor:
+        """Number of kept pixels, a float 0-dim tensor (no host sync)."""
+        return self.validf.sum()
+
+    @cached_property
+    def log_probs(self) -> Tensor:
+        """log softmax over classes, [B,C,H,W]."""
+        return torch.log_softmax(self.logits, dim=1)
+
+    @cached_property
+    def probs(self) -> Tensor:
+        """softmax over classes, [B,C,H,W], as exp of the shared log-softmax."""
+        return self.log_probs.exp()
+
+    @cached_property
+    def logp_true(self) -> Tensor:
+        """log p of the true class per pixel, [B,H,W] (ignored pixels read class 0)."""
+        return self.log_probs.gather(1, self.target.unsqueeze(1)).squeeze(1)
+
+    @cached_property
+    def soft_counts(self) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-class soft counts over the batch (I, P, Y) = (sum p*y, sum p, sum y), each [C].
+
+        Only kept pixels count. Used by Dice, Jaccard and Tversky.
+        """
+        c = self.num_classes
+        p_true = self.logp_true.exp() * self.validf
+        inter = p_true.new_zeros(c).index_add(0, self.target.flatten(), p_true.flatten())
+        pred = torch.einsum("bchw,bhw->c", self.probs, self.validf)
+        label = pred.new_zeros(c).index_add(0, self.target.flatten(), self.validf.flatten())
+        return inter, pred, label
+
+    @cached_property
+    def one_hot(self) -> Tensor:
+        """One-hot label [B,C,H,W] in the working dtype, all-zero at ignored pixels."""
+        hot = F.one_hot(self.target, self.num_classes).permute(0, 3, 1, 2)
+        return hot.to(self.logits.dtype) * self.validf.unsqueeze(1)
+
+    @cached_property
+    def edge_kept(self) -> Tensor:
+        """Pixels whose 3x3 Sobel stencil touches no ignored pixel, [B,H,W] bool."""
+        touched = F.max_pool2d((~self.valid).unsqueeze(1).to(self.logits.dtype), 3, 1, 1)
+        return touched.squeeze(1) == 0
+
+    @cached_property
+    def label_edges(self) -> Tensor:
+        """Sobel edge strength of the one-hot label, [B,H,W] in [0, 1], no gradient."""
+        return sobel_magnitude(self.one_hot, eps=0.0)
+
+    def zero(self) -> Tensor:
+        """Exact 0 that keeps the graph to the logits (finite zero gradient)."""
+        return self.logits.sum() * 0.0

@@ -1,0 +1,60 @@
+"""Class weights from label frequencies, computed once from the training masks."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+WeightMethod = Literal["inverse", "sqrt_inverse", "median_frequency"]
+WEIGHT_METHODS: tuple[str, ...] = ("inverse", "sqrt_inverse", "median_frequency")
+
+
+def count_class_pixels(
+    masks: Iterable[Tensor | np.ndarray], num_classes: int, *, ignore_index: int = 255
+) -> np.ndarray:
+    """Pixel count per class over an iterable of label masks (ignored pixels skipped)."""
+    counts = torch.zeros(num_classes, dtype=torch.float64)
+    for mask in masks:
+        labels = torch.as_tensor(mask).flatten().long()
+        labels = labels[(labels != ignore_index) & (labels >= 0) & (labels < num_classes)]
+        counts += torch.bincount(labels, minlength=num_classes).double()
+    return counts.numpy()
+
+
+def class_weights_from_frequencies(freqs: np.ndarray | Tensor, method: WeightMethod) -> Tensor:
+    """Per-class loss weights from pixel frequencies (counts or fractions, any scale).
+
+    * ``inverse``: ``w_c = 1 / f_c``.
+    * ``sqrt_inverse``: ``w_c = 1 / sqrt(f_c)`` (milder; as in ENet-style and mmseg setups).
+    * ``median_frequency``: ``w_c = median(f) / f_c`` (Eigen & Fergus, ICCV 2015), the median
+      over classes with ``f_c > 0``.
+
+    Weights are normalised so they average 1 over the classes with ``f_c > 0``. A class of
+    frequency 0 gets weight 0: it never occurs as a target, so its weight would only matter
+    through label smoothing, where 0 keeps it from dominating.
+
+    Example:
+        >>> class_weights_from_frequencies(np.array([3.0, 1.0, 0.0]), "inverse").tolist()
+        [0.5, 1.5, 0.0]
+    """
+    f = torch.as_tensor(np.asarray(freqs, dtype=np.float64)).flatten()
+    if f.numel() == 0 or bool((f < 0).any()) or not bool(torch.isfinite(f).all()):
+        raise ValueError(f"class frequencies must be finite, non-negative and non-empty: {f}")
+    seen = f > 0
+    if not bool(seen.any()):
+        raise ValueError("every class frequency is 0: cannot derive class weights")
+    safe = torch.where(seen, f, torch.ones_like(f))
+    if method == "inverse":
+        w = 1.0 / safe
+    elif method == "sqrt_inverse":
+        w = 1.0 / safe.sqrt()
+    elif method == "median_frequency":
+        w = f[seen].median() / safe
+    else:
+        raise ValueError(f"unknown class weight method {method!r}; choose one of {WEIGHT_METHODS}")
+    w = torch.where(seen, w, torch.zeros_like(w))
+    return (w / w[seen].mean()).to(torch.float32)

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tune_losses.config import (
+    ConfigError,
+    Experiment,
+    apply_overrides,
+    dump_experiment,
+    load_experiment,
+    read_yaml,
+    validate_experiment,
+)
+
+
+def error_of(raw: dict) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_experiment(raw, "space.yaml")
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+def test_defaults_make_a_loss_only_file_valid() -> None:
+    exp = validate_experiment({"loss": {"decode": {"focal": {"weight": 0.5, "gamma": 1.0}}}})
+    assert exp.data.format == "synthetic"
+    assert exp.model.encoder_weights is None
+    assert exp.loss["decode"]["focal"] == {"weight": 0.5, "gamma": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"),
+    [
+        ({"train": {"epoch": 3}}, "space.yaml: train.epoch: Extra inputs are not permitted"),
+        ({"train": {"epochs": "many"}}, "space.yaml: train.epochs:"),
+        ({"search": {"reduction_factor": 1}}, "search.reduction_factor:"),
+        ({"model": {"arch": "Unett"}}, "model.arch: unknown SMP architecture 'Unett'"),
+        ({"model": {"encoder": "resnet19"}}, "did you mean"),
+        ({"data": {"format": "folders"}}, "data.root is required"),
+        ({"loss": {"decode": {"focl": {"weight": 1}}}}, "loss.decode.focl: unknown loss 'focl'"),
+        ({"loss": {"decode": {"focal": {"gama": 2}}}}, "loss.decode.focal.gama: Extra inputs"),
+        ({"loss": {"decode": {"focal": {"gamma": "x"}}}}, "loss.decode.focal.gamma:"),
+        ({"loss": {"decode": {"ce": {"weight": -1}}}}, "loss.decode.ce.weight"),
+        (
+            {"loss": {"decode": {"ce": {"weight": {"schedule": "step", "values": [1, 0]}}}}},
+            "len(values) == len(milestones) + 1",
+        ),
+        (
+            {"loss": {"decode": {"ce": {"weight": {"schedule": "wobble", "start": 1}}}}},
+            "loss.decode.ce.weight",
+        ),
+        ({"loss": {"decode": {"dice": {"class_weights": "inverse"}}}}, "takes no class weights"),
+        (
+            {"model": {"aux_head": False}, "loss": {"aux": {"ce": {"weight": 1}}}},
+            "loss.aux: the model has no head 'aux'",
+        ),
+    ],
+)
+def test_errors_name_the_field(raw: dict, expected: str) -> None:
+    assert expected in error_of(raw)
+
+
+def test_schedules_and_term_by_dotted_path_validate() -> None:
+    raw = {
+        "loss": {
+            "decode": {
+                "ce": {"weight": {"schedule": "linear", "start": 0.5, "end": 0.1}},
+                "mine": {"term": "tune_losses.losses:dice", "weight": 0.2, "smooth": 1.0},
+            },
+            "aux": {
+                "lovasz": {"weight": {"schedule": "step", "values": [0, 0.2], "milestones": [0.7]}}
+            },
+        }
+    }
+    exp = validate_experiment(raw)
+    assert exp.loss["decode"]["mine"]["term"] == "tune_losses.losses:dice"
+    assert exp.loss["aux"]["lovasz"]["weight"]["milestones"] == [0.7]
+
+
+def test_a_null_term_is_switched_off() -> None:
+    exp = validate_experiment({"loss": {"decode": {"ce": {"weight": 1}, "extra": None}}})
+    assert list(exp.loss["decode"]) == ["ce"]
+
+
+def test_overrides_parse_yaml_values() -> None:
+    raw = apply_overrides(
+        {"train": {"epochs": 5}},
+        ["train.epochs=2", "loss.decode.ce.weight={uniform: [0.1, 1.0]}", "data.max_train=4"],
+    )
+    assert raw["train"]["epochs"] == 2
+    assert raw["loss"]["decode"]["ce"]["weight"] == {"uniform": [0.1, 1.0]}
+    assert raw["data"]["max_train"] == 4
+    with pytest.raises(ConfigError, match="expected key.path=value"):
+        apply_overrides({}, ["train.epochs"])
+    with pytest.raises(ConfigError, match="'epochs' is not a section"):
+        apply_overrides({"train": {"epochs": 5}}, ["train.epochs.x=1"])
+
+
+def test_yaml_file_errors_are_one_line(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="missing.yaml: cannot read file"):
+        read_yaml(tmp_path / "missing.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("loss: {decode: [\n")
+    with pytest.raises(ConfigError, match=r"bad.yaml: line \d+ invalid YAML"):
+        read_yaml(bad)
+    scalar = tmp_path / "scalar.yaml"
+    scalar.write_text("3\n")
+    with pytest.raises(ConfigError, match="expected a mapping"):
+        read_yaml(scalar)
+
+
+def test_dump_and_load_round_trip(tmp_path: Path, tiny: dict) -> None:
+    exp = validate_experiment(tiny)
+    path = tmp_path / "best.yaml"
+    path.write_text(dump_experiment(exp))
+    assert load_experiment(path) == exp
+    assert load_experiment(path, ["train.epochs=7"]).train.epochs == 7
+    assert isinstance(exp, Experiment)

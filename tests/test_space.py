@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import optuna
+import pytest
+
+from tune_losses.config import ConfigError
+from tune_losses.search import main
+from tune_losses.space import SearchSpace, flatten
+
+SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+
+AUX = {
+    "decode": {"ce": {"weight": 1.0}},
+    "aux": {
+        "ce": {
+            "weight": {
+                "choice": {
+                    "constant": {"uniform": [0.05, 1.0]},
+                    "decay": {
+                        "schedule": "linear",
+                        "start": {"uniform": [0.3, 1.0]},
+                        "end": {"uniform": [0.05, 0.3]},
+                    },
+                }
+            }
+        },
+        "extra": {
+            "choice": [
+                None,
+                {"term": "focal", "weight": {"uniform": [0.0, 1.0]}, "gamma": 2.0},
+                {"term": "lovasz", "weight": {"loguniform": [0.01, 1.0]}},
+            ]
+        },
+    },
+}
+
+
+def sample(space: SearchSpace, **fixed: object) -> tuple[dict, dict]:
+    """Sample once with some params fixed; returns (params, concrete tree)."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    study.enqueue_trial(fixed, skip_if_exists=False)
+    trial = study.ask()
+    concrete = space.sample(trial)
+    return trial.params, concrete
+
+
+def test_conditional_subtrees_are_sampled_only_when_chosen() -> None:
+    space = SearchSpace({"loss": AUX})
+    params, tree = sample(
+        space, **{"loss.aux.ce.weight.choice": "decay", "loss.aux.extra.choice": "none"}
+    )
+    assert set(params) == {
+        "loss.aux.ce.weight.choice",
+        "loss.aux.ce.weight.start",
+        "loss.aux.ce.weight.end",
+        "loss.aux.extra.choice",
+    }
+    weight = tree["loss"]["aux"]["ce"]["weight"]
+    assert weight["schedule"] == "linear" and 0.3 <= weight["start"] <= 1.0
+    assert tree["loss"]["aux"]["extra"] is None
+    assert space.validate(tree).loss["aux"].keys() == {"ce"}
+
+    params, tree = sample(
+        space, **{"loss.aux.ce.weight.choice": "constant", "loss.aux.extra.choice": "focal"}
+    )
+    assert set(params) == {
+        "loss.aux.ce.weight.choice",
+        "loss.aux.ce.weight.constant",
+        "loss.aux.extra.choice",
+        "loss.aux.extra.weight",
+    }
+    assert tree["loss"]["aux"]["ce"]["weight"] == params["loss.aux.ce.weight.constant"]
+    assert tree["loss"]["aux"]["extra"]["gamma"] == 2.0
+
+
+def test_marker_kinds_sample_within_bounds() -> None:
+    raw = {
+        "train": {"epochs": {"int": [2, 4]}, "lr": {"loguniform": [1e-4, 1e-2]}},
+        "data": {"batch_size": {"choice": [4, 8]}},
+        "loss": {"decode": {"ce": {"weight": {"uniform": [0.2, 0.3]}}}},
+    }
+    space = SearchSpace(raw)
+    for seed in range(5):
+        study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
+        exp = space.validate(space.sample(study.ask()))
+        assert 2 <= exp.train.epochs <= 4 and isinstance(exp.train.epochs, int)
+        assert 1e-4 <= exp.train.lr <= 1e-2
+        assert exp.data.batch_size in (4, 8)
+        assert 0.2 <= exp.loss["decode"]["ce"]["weight"] <= 0.3
+
+
+@pytest.mark.parametrize(
+    ("loss", "expected"),
+    [
+        (
+            {"decode": {"ce": {"weight": {"uniform": [1.0, 0.5]}}}},
+            "loss.decode.ce.weight: uniform needs low < high",
+        ),
+        ({"decode": {"ce": {"weight": {"loguniform": [0.0, 1.0]}}}}, "loguniform needs low > 0"),
+        ({"decode": {"ce": {"weight": {"uniform": [0.1]}}}}, "uniform expects [low, high]"),
+        ({"decode": {"ce": {"weight": {"choice": []}}}}, "needs at least one option"),
+        # a typo in a branch that the first sample might never draw is still caught at load
+        (
+            {"decode": {"x": {"choice": [None, {"term": "focal", "gama": 2.0}]}}},
+            "loss.decode.x.gama: Extra inputs are not permitted",
+        ),
+    ],
+)
+def test_space_errors_name_the_field(loss: dict, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        SearchSpace({"loss": loss}, source="s.yaml")
+    assert expected in str(info.value)
+    assert str(info.value).startswith("s.yaml: ")
+
+
+def test_grid_only_space_is_exhaustive() -> None:
+    raw = {
+        "loss": {
+            "decode": {
+                "ce": {"weight": {"grid": [0.5, 1.0]}},
+                "extra": {"grid": {"none": None, "dice": {"term": "dice", "weight": 0.3}}},
+            }
+        }
+    }
+    space = SearchSpace(raw)
+    assert space.grid_only and space.grid_size() == 4
+    study = optuna.create_study(sampler=optuna.samplers.GridSampler(space.grid(), seed=0))
+    seen = set()
+    for _ in range(4):
+        trial = study.ask()
+        tree = space.sample(trial)
+        dec = tree["loss"]["decode"]
+        seen.add((dec["ce"]["weight"], dec["extra"] is None))
+        with contextlib.suppress(RuntimeError):  # the grid, exhausted, stops the study
+            study.tell(trial, 0.0)
+    assert seen == {(0.5, True), (0.5, False), (1.0, True), (1.0, False)}
+    assert len(list(space.grid_points())) == 4
+
+
+def test_flatten_gives_mlflow_style_keys() -> None:
+    tree = {"loss": {"aux": {"ce": {"weight": {"schedule": "linear", "start": 0.5, "end": 0.1}}}}}
+    assert flatten(tree) == {
+        "loss.aux.ce.weight.schedule": "linear",
+        "loss.aux.ce.weight.start": 0.5,
+        "loss.aux.ce.weight.end": 0.1,
+    }
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_dry_run_on_every_space_file(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--space", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "valid;" in out and "--- trial 0" in out
+
+
+def test_cli_bad_space_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 0}\n")
+    assert main(["--space", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}: train.epochs:") and "\n" not in err

@@ -1,0 +1,412 @@
+"""Experiment configuration: pydantic models, YAML loading and ``--set`` overrides.
+
+Everything a user writes is validated here, once; inner code trusts what it gets.
+A space file may hold only the ``loss`` part: every other section has defaults.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import typing
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
+
+
+class ConfigError(ValueError):
+    """A user-facing configuration error; its message is one line naming file and field."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+# ----------------------------------------------------------------------------- data
+
+
+class SyntheticConfig(_Strict):
+    """The embedded procedural dataset (``data/synthetic.py``)."""
+
+    num_train: int = Field(48, ge=1)
+    num_val: int = Field(16, ge=1)
+    size: int = Field(64, ge=16)
+    num_classes: int = Field(5, ge=2, le=8)
+    seed: int = 0
+
+
+class AugmentConfig(_Strict):
+    """Train-time augmentation; validation only pads to ``pad_multiple``."""
+
+    scale: tuple[float, float] = (0.75, 1.25)
+    crop: tuple[int, int] | None = None
+    hflip: bool = True
+    color_jitter: float = Field(0.2, ge=0.0, le=1.0)
+
+
+class DataConfig(_Strict):
+    """Where the images come from and how they are batched."""
+
+    format: Literal["synthetic", "folders", "pairs"] = "synthetic"
+    root: Path | None = None
+    train_split: str = "train"
+    val_split: str = "val"
+    synthetic: SyntheticConfig = SyntheticConfig()
+    augment: AugmentConfig = AugmentConfig()
+    pad_multiple: int = Field(32, ge=1)
+    classes: list[str] | None = None
+    palette: list[tuple[int, int, int]] | None = None
+    ignore_index: int = 255
+    in_memory: bool = True
+    max_train: int | None = Field(None, ge=1)
+    max_val: int | None = Field(None, ge=1)
+    batch_size: int = Field(8, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _root_for_files(self) -> DataConfig:
+        if self.format != "synthetic" and self.root is None:
+            raise ValueError(f"data.root is required for data.format={self.format!r}")
+        return self
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class ModelConfig(_Strict):
+    """An SMP model by name, plus an optional auxiliary FCN head."""
+
+    arch: str = "Unet"
+    encoder: str = "resnet18"
+    encoder_weights: str | None = None
+    kwargs: dict[str, Any] = {}
+    aux_head: bool = True
+    aux_stage: int = -2
+    aux_channels: int = Field(64, ge=1)
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, v: str) -> str:
+        from segmentation_models_pytorch import MODEL_ARCHITECTURES_MAPPING
+
+        if v.lower() not in MODEL_ARCHITECTURES_MAPPING:
+            known = ", ".join(sorted(m.__name__ for m in MODEL_ARCHITECTURES_MAPPING.values()))
+            raise ValueError(f"unknown SMP architecture {v!r}; known: {known}")
+        return v
+
+    @field_validator("encoder")
+    @classmethod
+    def _known_encoder(cls, v: str) -> str:
+        import difflib
+
+        from segmentation_models_pytorch.encoders import get_encoder_names
+
+        names = get_encoder_names()
+        if v.startswith("tu-") or v in names:
+            return v
+        close = difflib.get_close_matches(v, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown SMP encoder {v!r}{hint} (timm encoders: 'tu-<name>')")
+
+
+# ----------------------------------------------------------------------------- train
+
+
+class EarlyStoppingConfig(_Strict):
+    """Stop when val mIoU (in %) has not improved by ``min_delta`` for ``patience`` epochs."""
+
+    patience: int | None = Field(5, ge=1)
+    min_delta: float = Field(0.1, ge=0.0)
+
+
+class TrainConfig(_Strict):
+    """One training run: optimiser, schedule, device."""
+
+    epochs: int = Field(10, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-4, ge=0.0)
+    optimizer: Literal["adamw", "sgd"] = "adamw"
+    lr_schedule: Literal["onecycle", "cosine", "constant"] = "onecycle"
+    grad_clip: float | None = Field(None, gt=0.0)
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    amp: Literal["auto", "bf16", "fp16", "off"] = "auto"
+    channels_last: bool = True
+    threads: int | None = Field(None, ge=1)
+    seed: int = 0
+    early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+
+
+# ----------------------------------------------------------------------------- search
+
+
+class SearchConfig(_Strict):
+    """Ray Tune settings: Optuna TPE proposes, ASHA stops the weak trials."""
+
+    metric: str = "val/mIoU"
+    mode: Literal["max", "min"] = "max"
+    num_samples: int = Field(8, ge=1)
+    max_concurrent: int = Field(2, ge=1)
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1)
+    reduction_factor: int = Field(2, ge=2)
+    n_startup_trials: int = Field(4, ge=1)
+    seed: int = 0
+    cpus_per_trial: float = Field(1.0, gt=0.0)
+    gpus_per_trial: float = Field(0.0, ge=0.0)
+    checkpoint_keep: int = Field(2, ge=1)
+
+
+class TrackingConfig(_Strict):
+    """MLflow: where runs go and what the parent run is called."""
+
+    uri: str = "sqlite:///mlruns.db"
+    experiment: str = "tune_losses"
+    run_name: str | None = None
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+class ConstantWeight(_Strict):
+    schedule: Literal["constant"]
+    value: float = Field(ge=0.0)
+
+
+class LinearWeight(_Strict):
+    schedule: Literal["linear"]
+    start: float = Field(ge=0.0)
+    end: float = Field(ge=0.0)
+
+
+class CosineWeight(_Strict):
+    schedule: Literal["cosine"]
+    start: float = Field(ge=0.0)
+    end: float = Field(ge=0.0)
+
+
+class ExpWeight(_Strict):
+    schedule: Literal["exp"]
+    start: float = Field(gt=0.0)
+    end: float = Field(gt=0.0)
+
+
+class StepWeight(_Strict):
+    schedule: Literal["step"]
+    values: list[Annotated[float, Field(ge=0.0)]] = Field(min_length=1)
+    milestones: list[float] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> StepWeight:
+        if len(self.values) != len(self.milestones) + 1:
+            raise ValueError("step schedule needs len(values) == len(milestones) + 1")
+        ms = self.milestones
+        if any(not 0.0 < m < 1.0 for m in ms) or any(
+            a >= b for a, b in zip(ms, ms[1:], strict=False)
+        ):
+            raise ValueError("step milestones must increase strictly inside (0, 1)")
+        return self
+
+
+class WarmupWeight(_Strict):
+    schedule: Literal["warmup"]
+    value: float = Field(ge=0.0)
+    warmup: float = Field(gt=0.0, le=1.0)
+    start: float = Field(0.0, ge=0.0)
+
+
+WeightSchedule = Annotated[
+    ConstantWeight | LinearWeight | CosineWeight | ExpWeight | StepWeight | WarmupWeight,
+    Field(discriminator="schedule"),
+]
+
+
+def _weight_kind(value: Any) -> str:
+    return "schedule" if isinstance(value, Mapping | BaseModel) else "number"
+
+
+Weight = Annotated[
+    Annotated[Annotated[float, Field(ge=0.0)], Tag("number")]
+    | Annotated[WeightSchedule, Tag("schedule")],
+    Discriminator(_weight_kind),
+]
+
+CLASS_WEIGHT_METHODS = ("inverse", "sqrt_inverse", "median_frequency")
+_NOT_OPTIONS = {"logits", "target", "ignore_index"}
+_CLASS_WEIGHT_TARGETS = ("weight", "alpha")
+
+
+class _TermHead(_Strict):
+    weight: Weight = 1.0
+    term: str | None = None
+    class_weights: Literal["inverse", "sqrt_inverse", "median_frequency"] | list[float] | None = (
+        None
+    )
+
+
+@functools.cache
+def _term_options_model(name: str, fn: typing.Callable[..., Any]) -> type[BaseModel]:
+    """A strict pydantic model of a loss term's keyword-only options, read off its signature."""
+    hints = typing.get_type_hints(fn)
+    fields: dict[str, Any] = {}
+    for p in inspect.signature(fn).parameters.values():
+        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in _NOT_OPTIONS:
+            continue
+        default = ... if p.default is inspect.Parameter.empty else p.default
+        fields[p.name] = (hints.get(p.name, Any), default)
+    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
+    return create_model(f"{name}_options", __config__=config, **fields)
+
+
+def validate_term(term_key: str, raw: Any) -> dict[str, Any]:
+    """Check one ``{weight, term?, class_weights?, **options}`` mapping against its term."""
+    from tune_losses.losses import get_loss
+
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"expected a mapping of term options, got {raw!r}")
+    head_keys = set(_TermHead.model_fields)
+    head = _TermHead.model_validate({k: v for k, v in raw.items() if k in head_keys})
+    name = head.term or term_key
+    fn = get_loss(name)
+    options_model = _term_options_model(name, fn)
+    options = options_model.model_validate({k: v for k, v in raw.items() if k not in head_keys})
+    if head.class_weights is not None and not any(
+        t in options_model.model_fields for t in _CLASS_WEIGHT_TARGETS
+    ):
+        raise ValueError(f"term {name!r} takes no class weights")
+    out = head.model_dump(exclude_none=True)
+    out.update(options.model_dump(exclude_unset=True))
+    return out
+
+
+class Experiment(_Strict):
+    """One training run, or the template of a search: data, model, train, loss, search, tracking."""
+
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    train: TrainConfig = TrainConfig()
+    loss: dict[str, dict[str, dict[str, Any]]] = {"decode": {"ce": {"weight": 1.0}}}
+    search: SearchConfig = SearchConfig()
+    tracking: TrackingConfig = TrackingConfig()
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _check_loss(cls, raw: Any) -> Any:
+        if not isinstance(raw, Mapping) or not raw:
+            raise ValueError("loss must map head names to terms, e.g. {decode: {ce: {weight: 1}}}")
+        out: dict[str, dict[str, dict[str, Any]]] = {}
+        for head, terms in raw.items():
+            if not isinstance(terms, Mapping):
+                raise ValueError(f"loss.{head}: expected a mapping of terms, got {terms!r}")
+            out[str(head)] = {}
+            for key, spec in terms.items():
+                if spec is None:  # a term switched off (e.g. the "none" choice of a search)
+                    continue
+                try:
+                    out[str(head)][str(key)] = validate_term(str(key), spec)
+                except ValidationError as exc:
+                    raise ValueError(f"loss.{head}.{key}.{format_validation_error(exc)}") from None
+                except ValueError as exc:
+                    raise ValueError(f"loss.{head}.{key}: {exc}") from None
+        return out
+
+    @model_validator(mode="after")
+    def _check_heads(self) -> Experiment:
+        heads = {"decode", "aux"} if self.model.aux_head else {"decode"}
+        for head in self.loss:
+            if head not in heads:
+                hint = " (set model.aux_head: true)" if head == "aux" else ""
+                raise ValueError(f"loss.{head}: the model has no head {head!r}{hint}")
+        return self
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+_UNION_TAGS = {"number", "schedule"}
+
+
+def format_validation_error(exc: ValidationError, source: str = "") -> str:
+    """One line: ``source: field.path: message`` for the first error."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"] if str(p) not in _UNION_TAGS)
+    msg = err["msg"].removeprefix("Value error, ")
+    if msg.startswith("loss.") or not loc:
+        where = msg
+    else:
+        where = f"{loc}: {msg}"
+    return f"{source}: {where}" if source else where
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping; a missing, unreadable or non-mapping file is a ConfigError."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read file ({exc.strerror})") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"{path}:{where} invalid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (value parsed as YAML) to a copy of ``raw``."""
+    out = copy.deepcopy(dict(raw))
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set {item!r}: expected key.path=value")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not valid YAML") from None
+        node = out
+        parts = key.strip().split(".")
+        for part in parts[:-1]:
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            elif not isinstance(child, dict):
+                raise ConfigError(f"--set {item!r}: {part!r} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def validate_experiment(raw: Mapping[str, Any], source: str = "") -> Experiment:
+    """Validate a concrete (marker-free) experiment mapping; errors become one-line ConfigErrors."""
+    try:
+        return Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, source)) from None
+
+
+def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experiment:
+    """Load a concrete experiment YAML (e.g. a search's ``best_config.yaml``)."""
+    raw = apply_overrides(read_yaml(path), overrides)
+    return validate_experiment(raw, str(path))
+
+
+def dump_experiment(exp: Experiment) -> str:
+    """The experiment as YAML that :func:`load_experiment` reads back to an equal object."""
+    return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)

@@ -1,0 +1,264 @@
+"""Search markers in a YAML tree -> an Optuna define-by-run function and concrete trial configs.
+
+A marker is a one-key mapping standing where a value stands:
+``{uniform: [lo, hi]}``, ``{loguniform: [lo, hi]}``, ``{int: [lo, hi]}``,
+``{choice: [a, b, ...]}`` or ``{choice: {label: a, ...}}`` (options may be whole
+sub-trees; only the chosen one's markers are sampled), ``{grid: [a, b, ...]}``.
+
+Parameter names are config paths (``loss.aux.ce.weight.start``). A choice at path
+``P`` is the categorical ``P.choice``; markers inside its chosen option are named
+``P.<key>`` for a mapping option and ``P.<label>`` when the option is itself a marker.
+A space whose markers are all ``grid`` is searched exhaustively (Optuna's GridSampler);
+mixed with random markers, ``grid`` behaves like ``choice``.
+
+Example:
+    >>> import optuna
+    >>> sp = SearchSpace({"loss": {"decode": {"ce": {"weight": {"uniform": [0.1, 1.0]}}}}})
+    >>> study = optuna.create_study()
+    >>> cfg = sp.sample(study.ask())
+    >>> 0.1 <= cfg["loss"]["decode"]["ce"]["weight"] <= 1.0
+    True
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+import math
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, Protocol
+
+from tune_losses.config import ConfigError, Experiment, validate_experiment
+
+MARKERS = ("uniform", "loguniform", "int", "choice", "grid")
+
+
+class SuggestTrial(Protocol):
+    """The part of ``optuna.Trial`` (or Ray's captor of it) that sampling needs."""
+
+    def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
+    def suggest_int(self, name: str, low: int, high: int) -> int: ...
+    def suggest_categorical(self, name: str, choices: list[Any]) -> Any: ...
+
+
+def marker_of(node: Any) -> str | None:
+    """The marker name if ``node`` is a one-key marker mapping, else None."""
+    if isinstance(node, Mapping) and len(node) == 1:
+        key = next(iter(node))
+        if key in MARKERS:
+            return key
+    return None
+
+
+def _label(option: Any, index: int) -> str:
+    """A short readable label for a choice option (used as the categorical value)."""
+    if option is None:
+        return "none"
+    if isinstance(option, bool | int | float | str):
+        return str(option)
+    if isinstance(option, Mapping):
+        for key in ("term", "schedule"):
+            if isinstance(option.get(key), str):
+                return option[key]
+        marker = marker_of(option)
+        if marker is not None:
+            return marker
+    return f"option{index}"
+
+
+def _options(name: str, node: Mapping[str, Any]) -> dict[str, Any]:
+    """The labelled options of a choice/grid marker, checked."""
+    raw = next(iter(node.values()))
+    if isinstance(raw, Mapping):
+        opts = {str(k): v for k, v in raw.items()}
+    elif isinstance(raw, list):
+        labels = [_label(o, i) for i, o in enumerate(raw)]
+        if len(set(labels)) != len(labels):
+            labels = [f"option{i}" for i in range(len(raw))]
+        opts = dict(zip(labels, raw, strict=True))
+    else:
+        raise ConfigError(f"{name}: {marker_of(node)} expects a list or a mapping of options")
+    if not opts:
+        raise ConfigError(f"{name}: {marker_of(node)} needs at least one option")
+    return opts
+
+
+def _bounds(name: str, node: Mapping[str, Any]) -> tuple[float, float]:
+    kind = marker_of(node)
+    raw = node[kind]
+    if (
+        not isinstance(raw, list | tuple)
+        or len(raw) != 2
+        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw)
+    ):
+        raise ConfigError(f"{name}: {kind} expects [low, high], got {raw!r}")
+    lo, hi = raw
+    if not lo < hi:
+        raise ConfigError(f"{name}: {kind} needs low < high, got [{lo}, {hi}]")
+    if kind == "loguniform" and lo <= 0:
+        raise ConfigError(f"{name}: loguniform needs low > 0, got {lo}")
+    if kind == "int" and not (float(lo).is_integer() and float(hi).is_integer()):
+        raise ConfigError(f"{name}: int expects integer bounds, got [{lo}, {hi}]")
+    return lo, hi
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _walk_markers(node: Any, path: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
+    """Every marker in the tree with its parameter name, options' markers included."""
+    kind = marker_of(node)
+    if kind in ("choice", "grid"):
+        yield path, node
+        for label, opt in _options(path, node).items():
+            inner = _join(path, label) if marker_of(opt) else path
+            yield from _walk_markers(opt, inner)
+    elif kind is not None:
+        yield path, node
+    elif isinstance(node, Mapping):
+        for key, child in node.items():
+            yield from _walk_markers(child, _join(path, str(key)))
+    elif isinstance(node, list):
+        for i, child in enumerate(node):
+            yield from _walk_markers(child, _join(path, str(i)))
+
+
+def _resolve(node: Any, path: str, pick: Callable[[str, Mapping[str, Any]], Any]) -> Any:
+    """A concrete copy of ``node``: each marker replaced by ``pick(name, marker)``'s choice."""
+    kind = marker_of(node)
+    if kind in ("choice", "grid"):
+        opts = _options(path, node)
+        label = pick(path, node)
+        opt = opts[label]
+        return _resolve(opt, _join(path, label) if marker_of(opt) else path, pick)
+    if kind is not None:
+        return pick(path, node)
+    if isinstance(node, Mapping):
+        return {k: _resolve(v, _join(path, str(k)), pick) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_resolve(v, _join(path, str(i)), pick) for i, v in enumerate(node)]
+    return copy.deepcopy(node)
+
+
+def _categorical_name(path: str, node: Mapping[str, Any]) -> str:
+    return _join(path, marker_of(node) if marker_of(node) == "grid" else "choice")
+
+
+class SearchSpace:
+    """A search-space tree: validates it, samples it through Optuna, and resolves trials."""
+
+    def __init__(self, raw: Mapping[str, Any], source: str = "") -> None:
+        self.raw = copy.deepcopy(dict(raw))
+        self.source = source
+        try:
+            self._check()
+        except ConfigError as exc:
+            if source and not str(exc).startswith(f"{source}: "):
+                raise ConfigError(f"{source}: {exc}") from None
+            raise
+
+    def _check(self) -> None:
+        self.markers = list(_walk_markers(self.raw))
+        for name, node in self.markers:
+            if marker_of(node) in ("uniform", "loguniform", "int"):
+                _bounds(name, node)
+        self.grid_only = bool(self.markers) and all(marker_of(n) == "grid" for _, n in self.markers)
+        if self.grid_only and any(marker_of(o) for _, n in self.markers for o in _opts_of(n)):
+            raise ConfigError("grid options may not hold further markers")
+        self._check_every_option()
+
+    def _check_every_option(self) -> None:
+        """Validate the tree once per choice option (others at their first), so a typo in
+        any branch is reported at load time rather than in the trial that draws it."""
+        firsts = {name: self._first(name, node) for name, node in self.markers}
+        variants: list[dict[str, Any]] = [firsts]
+        for name, node in self.markers:
+            if marker_of(node) in ("choice", "grid"):
+                for label in _options(name, node):
+                    variants.append({**firsts, name: label})
+        for chosen in variants:
+            self.validate(_resolve(self.raw, "", lambda n, node, c=chosen: _pick(c, n, node)))
+
+    @staticmethod
+    def _first(name: str, node: Mapping[str, Any]) -> Any:
+        kind = marker_of(node)
+        if kind in ("choice", "grid"):
+            return next(iter(_options(name, node)))
+        lo, _ = _bounds(name, node)
+        return int(lo) if kind == "int" else lo
+
+    def validate(self, concrete: Mapping[str, Any]) -> Experiment:
+        """Validate one concrete tree; a ConfigError names the source file and the field."""
+        return validate_experiment(concrete, self.source)
+
+    @property
+    def experiment(self) -> Experiment:
+        """The search settings and defaults (markers at their first option)."""
+        return self.validate(_resolve(self.raw, "", lambda n, node: _pick({}, n, node)))
+
+    def sample(self, trial: SuggestTrial) -> dict[str, Any]:
+        """Sample every reachable marker through ``trial`` and return the concrete tree."""
+
+        def pick(name: str, node: Mapping[str, Any]) -> Any:
+            kind = marker_of(node)
+            if kind in ("choice", "grid"):
+                labels = list(_options(name, node))
+                return trial.suggest_categorical(_categorical_name(name, node), labels)
+            lo, hi = _bounds(name, node)
+            if kind == "int":
+                return trial.suggest_int(name, int(lo), int(hi))
+            return trial.suggest_float(name, float(lo), float(hi), log=kind == "loguniform")
+
+        return _resolve(self.raw, "", pick)
+
+    def define_by_run(self) -> Callable[[SuggestTrial], dict[str, Any]]:
+        """The function ``OptunaSearch(space=...)`` calls: samples, returns the concrete tree."""
+
+        def fn(trial: SuggestTrial) -> dict[str, Any]:
+            return {"experiment": self.sample(trial)}
+
+        return fn
+
+    def grid(self) -> dict[str, list[Any]]:
+        """Optuna GridSampler's search space (only for a grid-only space)."""
+        return {_categorical_name(n, node): list(_options(n, node)) for n, node in self.markers}
+
+    def grid_size(self) -> int:
+        return math.prod(len(v) for v in self.grid().values()) if self.grid_only else 0
+
+    def grid_points(self) -> Iterator[dict[str, Any]]:
+        """Every concrete tree of a grid-only space."""
+        names = [n for n, _ in self.markers]
+        labels = [list(_options(n, node)) for n, node in self.markers]
+        for combo in itertools.product(*labels):
+            chosen = dict(zip(names, combo, strict=True))
+            yield _resolve(self.raw, "", lambda n, _node, c=chosen: c[n])
+
+
+def _pick(chosen: Mapping[str, Any], name: str, node: Mapping[str, Any]) -> Any:
+    """``chosen[name]`` where it fits this marker, else the marker's first value."""
+    value = chosen.get(name)
+    kind = marker_of(node)
+    if kind in ("choice", "grid"):
+        return value if value in _options(name, node) else SearchSpace._first(name, node)
+    return SearchSpace._first(name, node) if value is None else value
+
+
+def _opts_of(node: Mapping[str, Any]) -> list[Any]:
+    raw = next(iter(node.values()))
+    return list(raw.values()) if isinstance(raw, Mapping) else list(raw)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = _join(prefix, str(key))
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name))
+        elif isinstance(value, list | tuple):
+            out[name] = str(list(value))
+        else:
+            out[name] = value
+    return out

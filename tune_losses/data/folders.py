@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from tune_losses.config import DataConfig
-from tune_losses.data.sources import ArraySource, ClassSpec, SplitData
+from tune_losses.data.sources import ArraySource, ClassSpec, SplitData, data_root
 from tune_losses.data.stats import SplitSummary, cached_summary, pixel_counts
 from tune_losses.data.validate import (
     DataError,
@@ -119,7 +119,7 @@ def load_split(cfg: DataConfig, spec: ClassSpec, split: str, limit: int | None) 
     Validation reads every mask and every image header once; an unchanged split found in
     the stats cache is not read again (unless it is to be kept in memory).
     """
-    root = Path(cfg.root)  # type: ignore[arg-type]
+    root = data_root(cfg)
     pairs = list_pairs(root, split, limit)
     files = [p for pair in pairs for p in pair]
     num_classes = len(spec.names)

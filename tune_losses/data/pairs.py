@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from tune_losses.config import DataConfig
-from tune_losses.data.sources import ArraySource, ClassSpec, SplitData
+from tune_losses.data.sources import ArraySource, ClassSpec, SplitData, data_root
 from tune_losses.data.stats import SplitSummary, cached_summary, pixel_counts
 from tune_losses.data.validate import DataError, check_not_empty, list_images, read_rgb
 
@@ -80,7 +80,7 @@ class PairSource:
 
 def load_split(cfg: DataConfig, spec: ClassSpec, split: str, limit: int | None) -> SplitData:
     """Validate one split and summarise it (cached); decode it into memory when ``in_memory``."""
-    root = Path(cfg.root)  # type: ignore[arg-type]
+    root = data_root(cfg)
     files = list_pair_files(root, split, limit)
     num_classes = len(spec.names)
     extra = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -66,11 +66,24 @@ class ClassSpec:
     ignore_colour: tuple[int, int, int] | None = None
 
 
-def read_classes(cfg: DataConfig) -> ClassSpec:
-    """Class names, ignore values and palette from ``classes.json``, overridden by the config."""
+def data_root(cfg: DataConfig) -> Path:
+    """``data.root`` as a Path; a file format without a root is a configuration error."""
     if cfg.root is None:
         raise ValueError(f"data.root is required for data.format={cfg.format!r}")
-    path = Path(cfg.root) / "classes.json"
+    return Path(cfg.root)
+
+
+def _rgb(value: Any, path: Path, what: str) -> tuple[int, int, int]:
+    try:
+        r, g, b = (int(v) for v in value)
+    except (TypeError, ValueError):
+        raise DataError(f"{path}: {what} must be an RGB triple, found {value!r}") from None
+    return r, g, b
+
+
+def read_classes(cfg: DataConfig) -> ClassSpec:
+    """Class names, ignore values and palette from ``classes.json``, overridden by the config."""
+    path = data_root(cfg) / "classes.json"
     data: dict = {}
     if path.is_file():
         try:
@@ -90,8 +103,8 @@ def read_classes(cfg: DataConfig) -> ClassSpec:
     palette_raw = cfg.palette if cfg.palette is not None else data.get("palette")
     palette = None
     if palette_raw is not None:
-        palette = [tuple(int(v) for v in c) for c in palette_raw]
-        if len(palette) != len(names) or any(len(c) != 3 for c in palette):
+        palette = [_rgb(c, path, "a palette colour") for c in palette_raw]
+        if len(palette) != len(names):
             raise DataError(f"{path}: palette needs {len(names)} RGB colours, found {len(palette)}")
     ignore_index = int(cfg.ignore_index)
     if not len(names) <= ignore_index <= 255:
@@ -104,6 +117,6 @@ def read_classes(cfg: DataConfig) -> ClassSpec:
         names=[str(n) for n in names],
         ignore_index=ignore_index,
         file_ignore=int(data.get("ignore_index", ignore_index)),
-        palette=palette,  # type: ignore[arg-type]
-        ignore_colour=tuple(int(v) for v in colour) if colour is not None else None,  # type: ignore[arg-type]
+        palette=palette,
+        ignore_colour=_rgb(colour, path, "ignore_colour") if colour is not None else None,
     )

@@ -67,7 +67,7 @@ def _lovasz_softmax(
         fg = (prep.target.reshape(1, -1) == ids.view(k, 1)) & valid
     errors = torch.where(fg, 1.0 - p, p)
     losses = lovasz_extension(errors, fg, valid)
-    selected = valid.any(dim=1)
+    selected = valid.any(dim=1).expand_as(losses)
     if classes == "present":
         selected = selected & fg.any(dim=1)
     if not per_image:

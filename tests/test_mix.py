@@ -1,0 +1,199 @@
+"""LossMix: parts and total, schedules, skipped zero-weight terms, class weights, heads."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from tune_losses.losses import (
+    LOSSES,
+    LossMix,
+    LossOutput,
+    boundary,
+    class_weights_from_frequencies,
+    cross_entropy,
+    dice,
+    focal,
+    lovasz_softmax,
+    register_loss,
+)
+
+IGNORE = 255
+CALLS: list[int] = []
+
+
+def counting_term(
+    logits: torch.Tensor, target: torch.Tensor, *, scale: float = 1.0, ignore_index: int = 255
+) -> torch.Tensor:
+    """A user term (also reachable by dotted path) that records each call."""
+    CALLS.append(1)
+    return logits.float().mean() * scale
+
+
+@pytest.fixture
+def counting():
+    register_loss("test_counting")(counting_term)
+    CALLS.clear()
+    yield CALLS
+    del LOSSES["test_counting"]
+
+
+@pytest.fixture
+def batch():
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 4, 8, 8, generator=gen)
+    target = torch.randint(0, 4, (2, 8, 8), generator=gen)
+    target[0, :2] = IGNORE
+    return logits, target
+
+
+FIVE = {
+    "ce": {"weight": 1.0},
+    "focal": {"weight": 0.5, "gamma": 2.0},
+    "lovasz": {"weight": {"schedule": "linear", "start": 0.0, "end": 1.0}},
+    "dice": {"weight": 0.3, "smooth": 1.0},
+    "boundary": {"weight": {"schedule": "step", "values": [0.0, 0.2], "milestones": [0.5]}},
+}
+
+
+def test_total_is_sum_of_weighted_parts(batch):
+    logits, target = batch
+    mix = LossMix({"decode": FIVE})
+    out = mix({"decode": logits}, target, progress=0.75)
+    assert isinstance(out, LossOutput)
+    assert out.total.item() == sum(out.parts.values()).item()
+    assert out.weights == pytest.approx(
+        {
+            "decode/ce": 1.0,
+            "decode/focal": 0.5,
+            "decode/lovasz": 0.75,
+            "decode/dice": 0.3,
+            "decode/boundary": 0.2,
+        }
+    )
+    standalone = {
+        "decode/ce": cross_entropy(logits, target),
+        "decode/focal": focal(logits, target, gamma=2.0),
+        "decode/lovasz": lovasz_softmax(logits, target),
+        "decode/dice": dice(logits, target, smooth=1.0),
+        "decode/boundary": boundary(logits, target),
+    }
+    for key, value in standalone.items():
+        torch.testing.assert_close(out.parts[key], out.weights[key] * value)
+
+
+def test_schedules_follow_progress(batch):
+    logits, target = batch
+    mix = LossMix({"decode": FIVE})
+    for progress, lovasz_w, boundary_w in [(0.0, 0.0, 0.0), (0.5, 0.5, 0.2), (1.0, 1.0, 0.2)]:
+        out = mix({"decode": logits}, target, progress)
+        assert out.weights["decode/lovasz"] == lovasz_w
+        assert out.weights["decode/boundary"] == boundary_w
+
+
+def test_zero_weight_skips_the_computation(batch, counting):
+    logits, target = batch
+    spec = {
+        "decode": {
+            "test_counting": {
+                "weight": {"schedule": "step", "values": [0.0, 2.0], "milestones": [0.5]}
+            }
+        }
+    }
+    mix = LossMix(spec)
+    out = mix({"decode": logits.requires_grad_()}, target, 0.2)
+    assert counting == [] and out.parts["decode/test_counting"].item() == 0.0
+    out.total.backward()  # all weights 0: the total still has a graph
+    assert out.total.item() == 0.0 and logits.grad.abs().max() == 0
+    out = mix({"decode": logits}, target, 0.8)
+    assert counting == [1]
+    torch.testing.assert_close(out.total, 2.0 * logits.mean())
+
+
+def test_user_term_by_dotted_path(batch):
+    logits, target = batch
+    mix = LossMix(
+        {"decode": {"mine": {"weight": 1.0, "term": "test_mix:counting_term", "scale": 3.0}}}
+    )
+    out = mix({"decode": logits}, target, 0.0)
+    torch.testing.assert_close(out.parts["decode/mine"], 3.0 * logits.mean())
+
+
+def test_two_heads_and_renamed_terms(batch):
+    logits, target = batch
+    aux = logits.flip(1)
+    spec = {
+        "decode": {"ce": {"weight": 1.0}},
+        "aux": {
+            "ce": {"weight": {"schedule": "linear", "start": 0.5, "end": 0.1}},
+            "ohem": {"weight": 1.0, "term": "ce", "ohem_thresh": 0.5, "ohem_min_kept": 10},
+        },
+    }
+    out = LossMix(spec)({"decode": logits, "aux": aux}, target, 0.5)
+    torch.testing.assert_close(out.parts["aux/ce"], 0.3 * cross_entropy(aux, target))
+    torch.testing.assert_close(
+        out.parts["aux/ohem"], cross_entropy(aux, target, ohem_thresh=0.5, ohem_min_kept=10)
+    )
+    assert set(out.parts) == {"decode/ce", "aux/ce", "aux/ohem"}
+    with pytest.raises(ValueError, match="no output 'aux'"):
+        LossMix(spec)({"decode": logits}, target, 0.5)
+
+
+def test_class_weights_resolved_once_and_logged(batch):
+    logits, target = batch
+    freqs = np.array([100.0, 50.0, 25.0, 25.0])
+    spec = {
+        "decode": {
+            "ce": {"weight": 1.0, "class_weights": "sqrt_inverse"},
+            "focal": {"weight": 1.0, "class_weights": [1.0, 2.0, 3.0, 4.0]},
+        }
+    }
+    mix = LossMix(spec, class_frequencies=freqs)
+    out = mix({"decode": logits}, target, 0.0)
+    w = class_weights_from_frequencies(freqs, "sqrt_inverse")
+    torch.testing.assert_close(out.parts["decode/ce"], cross_entropy(logits, target, weight=w))
+    torch.testing.assert_close(
+        out.parts["decode/focal"], focal(logits, target, alpha=[1.0, 2.0, 3.0, 4.0])
+    )
+    described = mix.describe()["terms"]
+    assert described["decode/ce"]["class_weights"] == pytest.approx(w.tolist())
+    assert described["decode/focal"]["class_weights_param"] == "alpha"
+    assert described["decode/ce"]["weight"] == "Constant(value=1.0)"
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"decode": {"ce": {"weight": 1.0, "class_weights": "inverse"}}}, "no class_frequencies"),
+        ({"decode": {"dice": {"weight": 1.0, "class_weights": "inverse"}}}, "takes no class"),
+        ({"decode": {"ce": {"weight": 1.0, "gama": 2.0}}}, "not accepted"),
+        ({"decode": {"ce": {"weight": 1.0, "ignore_index": 0}}}, "not accepted"),
+        ({"decode": {"ce": {"gamma": 2.0}}}, "needs a mapping with a 'weight'"),
+        ({"decode": {"lovaz": {"weight": 1.0}}}, "did you mean 'lovasz'"),
+        ({"decode": {}}, "must map term names"),
+    ],
+)
+def test_bad_specs_raise(spec, match):
+    with pytest.raises(ValueError, match=match):
+        LossMix(spec)
+
+
+def test_all_ignored_batch_gives_zero_without_nan(batch):
+    logits = batch[0].requires_grad_()
+    target = torch.full_like(batch[1], IGNORE)
+    out = LossMix({"decode": FIVE})({"decode": logits}, target, 1.0)
+    out.total.backward()
+    assert out.total.item() == 0.0
+    assert torch.isfinite(logits.grad).all() and logits.grad.abs().max() == 0
+
+
+def test_autocast_mix_is_float32(batch):
+    logits, target = batch
+    mix = LossMix({"decode": FIVE})
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mix({"decode": logits.bfloat16()}, target, 1.0)
+    assert out.total.dtype == torch.float32
+    torch.testing.assert_close(
+        out.total, mix({"decode": logits.bfloat16().float()}, target, 1.0).total
+    )

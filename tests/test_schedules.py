@@ -1,0 +1,76 @@
+"""Loss-weight schedules: values at progress 0, 0.5 and 1, clamping, repr, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from tune_losses.schedules import SCHEDULES, Constant, Schedule, build_schedule
+
+CASES = [
+    (0.7, (0.7, 0.7, 0.7)),
+    ({"schedule": "constant", "value": 0.3}, (0.3, 0.3, 0.3)),
+    ({"schedule": "linear", "start": 0.5, "end": 0.1}, (0.5, 0.3, 0.1)),
+    ({"schedule": "cosine", "start": 1.0, "end": 0.0}, (1.0, 0.5, 0.0)),
+    ({"schedule": "exp", "start": 1.0, "end": 0.01}, (1.0, 0.1, 0.01)),
+    ({"schedule": "step", "values": [0.0, 0.2], "milestones": [0.7]}, (0.0, 0.0, 0.2)),
+    ({"schedule": "step", "values": [1.0, 2.0, 3.0], "milestones": [0.5, 0.9]}, (1.0, 2.0, 3.0)),
+    ({"schedule": "warmup", "value": 1.0, "warmup": 0.2}, (0.0, 1.0, 1.0)),
+    ({"schedule": "warmup", "value": 1.0, "warmup": 1.0, "start": 0.5}, (0.5, 0.75, 1.0)),
+]
+
+
+@pytest.mark.parametrize("spec,values", CASES, ids=lambda c: str(c)[:40])
+def test_values_at_0_half_1(spec, values):
+    schedule = build_schedule(spec)
+    got = [schedule(p) for p in (0.0, 0.5, 1.0)]
+    assert got == pytest.approx(list(values), rel=1e-12, abs=1e-12)
+    assert all(isinstance(v, float) for v in got)
+
+
+def test_every_schedule_is_covered():
+    covered = {c[0]["schedule"] for c in CASES if isinstance(c[0], dict)}
+    assert covered == set(SCHEDULES)
+
+
+def test_progress_is_clamped():
+    schedule = build_schedule({"schedule": "linear", "start": 0.0, "end": 2.0})
+    assert schedule(-1.0) == 0.0 and schedule(3.0) == 2.0
+    assert schedule(0.25) == 0.5
+
+
+def test_cosine_is_a_half_cosine():
+    schedule = build_schedule({"schedule": "cosine", "start": 0.0, "end": 1.0})
+    assert schedule(0.25) == pytest.approx((1 - math.cos(math.pi / 4)) / 2)
+
+
+def test_step_switches_at_the_milestone():
+    schedule = build_schedule({"schedule": "step", "values": [0.0, 0.2], "milestones": [0.7]})
+    assert schedule(0.6999) == 0.0 and schedule(0.7) == 0.2
+
+
+def test_repr_is_readable():
+    assert repr(build_schedule(1)) == "Constant(value=1.0)"
+    text = repr(build_schedule({"schedule": "warmup", "value": 1.0, "warmup": 0.1}))
+    assert text == "Warmup(value=1.0, warmup=0.1, start=0.0)"
+
+
+def test_a_schedule_passes_through():
+    schedule = Constant(2.0)
+    assert build_schedule(schedule) is schedule and isinstance(schedule, Schedule)
+
+
+@pytest.mark.parametrize(
+    "spec,match",
+    [
+        ({"schedule": "sawtooth"}, "unknown schedule"),
+        ({"schedule": "linear", "start": 1.0}, "bad fields"),
+        ({"schedule": "step", "values": [1.0], "milestones": [0.5]}, "one more value"),
+        ({"start": 1.0}, "mapping with 'schedule'"),
+        (True, "mapping with 'schedule'"),
+    ],
+)
+def test_bad_specs_raise(spec, match):
+    with pytest.raises(ValueError, match=match):
+        build_schedule(spec)

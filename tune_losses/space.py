@@ -214,11 +214,7 @@ class SearchSpace:
 
     def define_by_run(self) -> Callable[[SuggestTrial], dict[str, Any]]:
         """The function ``OptunaSearch(space=...)`` calls: samples, returns the concrete tree."""
-
-        def fn(trial: SuggestTrial) -> dict[str, Any]:
-            return {"experiment": self.sample(trial)}
-
-        return fn
+        return DefineByRun(self)
 
     def grid(self) -> dict[str, list[Any]]:
         """Optuna GridSampler's search space (only for a grid-only space)."""
@@ -234,6 +230,17 @@ class SearchSpace:
         for combo in itertools.product(*labels):
             chosen = dict(zip(names, combo, strict=True))
             yield _resolve(self.raw, "", lambda n, _node, c=chosen: c[n])
+
+
+class DefineByRun:
+    """A picklable define-by-run function (Ray checkpoints the searcher with it)."""
+
+    def __init__(self, space: SearchSpace) -> None:
+        self.space = space
+
+    def __call__(self, trial: SuggestTrial) -> dict[str, Any]:
+        exp = self.space.validate(self.space.sample(trial))
+        return {"experiment": exp.model_dump(mode="json")}
 
 
 def _pick(chosen: Mapping[str, Any], name: str, node: Mapping[str, Any]) -> Any:

@@ -1,0 +1,187 @@
+"""End-to-end searches through the CLI entry point, read back from the MLflow store."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from mlflow.tracking import MlflowClient
+
+from conftest import tiny_experiment
+from tune_losses.config import load_experiment
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_cli(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+    return subprocess.run(
+        [sys.executable, "-m", "tune_losses.search", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def write_space(path: Path, **sections: object) -> Path:
+    raw = tiny_experiment()
+    raw["train"] = {"epochs": 4, "lr": 0.005}
+    raw["search"] = {
+        "num_samples": 6,
+        "max_concurrent": 2,
+        "grace_period": 1,
+        "reduction_factor": 2,
+        "n_startup_trials": 6,
+    }
+    raw["loss"] = {
+        "decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}},
+        "aux": {
+            "ce": {
+                "weight": {
+                    "choice": {
+                        "constant": {"uniform": [0.05, 1.0]},
+                        "decay": {
+                            "schedule": "linear",
+                            "start": {"uniform": [0.3, 1.0]},
+                            "end": {"uniform": [0.05, 0.3]},
+                        },
+                    }
+                }
+            },
+        },
+    }
+    raw.update(sections)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def runs_of(uri: str) -> tuple[object, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+@pytest.mark.slow
+def test_search_end_to_end_logs_every_trial(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = run_cli(
+        tmp_path,
+        "--space",
+        str(space),
+        "--tracking-uri",
+        uri,
+        "--experiment",
+        "e2e",
+        "--storage",
+        str(tmp_path / "ray"),
+        "--seed",
+        "3",
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "Leaderboard" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+
+    client, parents, children = runs_of(uri)
+    assert len(parents) == 1 and len(children) == 6
+    parent = parents[0]
+    assert parent.info.status == "FINISHED"
+    assert {c.data.tags["mlflow.parentRunId"] for c in children} == {parent.info.run_id}
+    reasons = []
+    for child in children:
+        assert child.info.status == "FINISHED"
+        params = child.data.params
+        assert "loss.decode.dice.weight" in params
+        choice = params["loss.aux.ce.weight.choice"]
+        if choice == "decay":
+            assert params["loss.aux.ce.weight.schedule"] == "linear"
+            assert 0.3 <= float(params["loss.aux.ce.weight.start"]) <= 1.0
+            assert "loss.aux.ce.weight.constant" not in params
+        else:
+            assert 0.05 <= float(params["loss.aux.ce.weight"]) <= 1.0
+            assert "loss.aux.ce.weight.start" not in params
+        history = client.get_metric_history(child.info.run_id, "val/mIoU")
+        assert history, "per-epoch val/mIoU missing"
+        best = child.data.metrics["best_val_mIoU"]
+        assert best == pytest.approx(max(m.value for m in history))
+        for key in ("train/loss", "train/loss/decode/ce", "weight/aux/ce", "weight/decode/dice"):
+            assert key in child.data.metrics, key
+        arts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert {"trial_config.yaml", "best_epoch"} <= arts
+        reasons.append(child.data.tags["stop_reason"])
+        epochs = len(history)
+        assert child.data.tags["epochs_run"] == str(epochs)
+    assert "asha" in reasons, reasons
+
+    arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"leaderboard.csv", "best_config.yaml", "space"} <= arts
+    best_file = Path(
+        client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path))
+    )
+    best = load_experiment(best_file)
+    top = max(children, key=lambda c: c.data.metrics["best_val_mIoU"])
+    assert parent.data.metrics["best_val_mIoU"] == pytest.approx(top.data.metrics["best_val_mIoU"])
+    assert best.loss["decode"]["dice"]["weight"] == pytest.approx(
+        float(top.data.params["loss.decode.dice.weight"])
+    )
+
+
+@pytest.mark.slow
+def test_failing_trials_leave_no_run_running(tmp_path: Path) -> None:
+    space = write_space(
+        tmp_path / "space.yaml",
+        search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo"},
+        loss={"decode": {"boom": {"term": "failing_loss:boom", "weight": {"uniform": [0.1, 1]}}}},
+    )
+    (tmp_path / "failing_loss.py").write_text(
+        "def boom(logits, target, *, ignore_index=255):\n"
+        "    raise RuntimeError('boom from a user loss')\n"
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env_path = f"{ROOT}{os.pathsep}{tmp_path}"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tune_losses.search",
+            "--space",
+            str(space),
+            "--tracking-uri",
+            uri,
+            "--experiment",
+            "e2e",
+            "--storage",
+            str(tmp_path / "ray"),
+        ],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": env_path},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "boom from a user loss" in proc.stdout
+    client, parents, children = runs_of(uri)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert len(children) == 2
+    for child in children:
+        assert child.info.status == "FAILED"
+        assert "boom from a user loss" in child.data.tags["error"]
+
+
+def test_bad_space_writes_nothing(tmp_path: Path) -> None:
+    space = write_space(tmp_path / "space.yaml", train={"epochs": 2, "optimiser": "adam"})
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {space}: train.optimiser: Extra inputs are not permitted"
+    assert not (tmp_path / "mlruns.db").exists()
+    assert not (tmp_path / "ray_results").exists()

@@ -1,0 +1,254 @@
+"""One training run in plain PyTorch: train an epoch, evaluate, early-stop, checkpoint state.
+
+No Ray here: ``trainable.py`` drives :class:`Trainer` for Tune, ``train.py`` from the CLI.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from tune_losses.config import Experiment, TrainConfig
+from tune_losses.data import build_loaders
+from tune_losses.losses import LossMix
+from tune_losses.metrics import SegmentationMetrics
+from tune_losses.models import build_model
+
+STATE_FILE = "state.pt"
+SUMMARY_FILE = "best.json"
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch so a run is repeatable on one machine."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(cfg: TrainConfig) -> torch.device:
+    """``auto`` is CUDA when present, else CPU; asking for CUDA without one is an error."""
+    if cfg.device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device: cuda requested but torch sees no CUDA device")
+    if cfg.device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(cfg.device)
+
+
+def resolve_amp(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: bf16 (or fp16 where bf16 is missing) on CUDA, none on CPU (fp32)."""
+    if device.type != "cuda" or cfg.amp == "off":
+        return None
+    if cfg.amp == "fp16" or (cfg.amp == "auto" and not torch.cuda.is_bf16_supported()):
+        return torch.float16
+    return torch.bfloat16
+
+
+def _lr_scheduler(
+    cfg: TrainConfig, optimizer: torch.optim.Optimizer, total_steps: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    if cfg.lr_schedule == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.1
+        )
+    if cfg.lr_schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
+
+
+class Trainer:
+    """Model, loss mix, optimiser and the run's history; iterate :meth:`epochs` to train.
+
+    Every yielded dict is one epoch's metrics (``train/loss``, each weighted part
+    ``train/loss/<head>/<term>``, each effective weight ``weight/<head>/<term>``,
+    ``val/mIoU`` ... in %), so callers can log or report it as is.
+    """
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        cfg = exp.train
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        seed_everything(cfg.seed)
+        self.device = resolve_device(cfg)
+        self.amp_dtype = resolve_amp(cfg, self.device)
+        self.train_loader, self.val_loader, self.info = build_loaders(
+            exp.data, device_type=self.device.type, seed=cfg.seed
+        )
+        self.model = build_model(exp.model, self.info.num_classes).to(self.device)
+        if self.device.type == "cuda" and cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.loss = LossMix(
+            exp.loss,
+            ignore_index=self.info.ignore_index,
+            class_frequencies=self.info.class_frequencies,
+        ).to(self.device)
+        params = self.model.parameters()
+        if cfg.optimizer == "sgd":
+            self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
+                params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay
+            )
+        else:
+            self.optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        self.steps_per_epoch = max(1, len(self.train_loader))
+        self.total_steps = cfg.epochs * self.steps_per_epoch
+        self.scheduler = _lr_scheduler(cfg, self.optimizer, self.total_steps)
+        self.scaler = torch.amp.GradScaler(enabled=self.amp_dtype == torch.float16)
+        self.epoch = 0
+        self.best = -math.inf
+        self.best_epoch = 0
+        self.best_confmat: Tensor | None = None
+        self.best_per_class: list[float] = []
+        self.bad_epochs = 0
+        self.stopped_early = False
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def _to_device(self, images: Tensor, masks: Tensor) -> tuple[Tensor, Tensor]:
+        images = images.to(self.device, non_blocking=True)
+        if self.device.type == "cuda" and self.exp.train.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        return images, masks.to(self.device, non_blocking=True)
+
+    def train_one_epoch(self) -> dict[str, float]:
+        """One pass over the train loader; returns mean loss, parts and effective weights."""
+        self.model.train()
+        sums: dict[str, float] = defaultdict(float)
+        n = 0
+        for step, (images, masks) in enumerate(self.train_loader):
+            images, masks = self._to_device(images, masks)
+            progress = (self.epoch * self.steps_per_epoch + step) / self.total_steps
+            with self._autocast():
+                outputs = self.model(images)
+            out = self.loss(outputs, masks, progress)
+            if not torch.isfinite(out.total):
+                raise FloatingPointError(f"loss is {out.total.item()} at epoch {self.epoch + 1}")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(out.total).backward()
+            if self.exp.train.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                nn.utils.clip_grad_norm_(self.model.parameters(), self.exp.train.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            sums["train/loss"] += out.total.item()
+            for key, part in out.parts.items():
+                sums[f"train/loss/{key}"] += float(part.detach())
+            for key, weight in out.weights.items():
+                sums[f"weight/{key}"] += weight
+            n += 1
+        return {k: v / max(n, 1) for k, v in sums.items()}
+
+    @torch.no_grad()
+    def evaluate(self) -> tuple[dict[str, float], SegmentationMetrics]:
+        """Metrics of the decode head on the validation loader (mIoU etc. in %)."""
+        self.model.eval()
+        metrics = SegmentationMetrics(self.info.num_classes, self.info.ignore_index)
+        for images, masks in self.val_loader:
+            images, masks = self._to_device(images, masks)
+            with self._autocast():
+                logits = self.model(images)["decode"]
+            metrics.update(logits.argmax(1), masks)
+        res = metrics.compute()
+        out = {f"val/{k}": float(v) for k, v in res.items() if isinstance(v, int | float)}
+        for name, iou in zip(self.info.class_names, res["iou_per_class"], strict=True):
+            if not math.isnan(iou):
+                out[f"val/IoU/{name}"] = float(iou)
+        return out, metrics
+
+    def epochs(self) -> Iterator[dict[str, float]]:
+        """Train until ``train.epochs`` or early stopping; yield each epoch's metrics."""
+        stop = self.exp.train.early_stopping
+        while self.epoch < self.exp.train.epochs and not self.stopped_early:
+            t0 = time.perf_counter()
+            result = self.train_one_epoch()
+            val, metrics = self.evaluate()
+            result.update(val)
+            self.epoch += 1
+            miou = val["val/mIoU"]
+            if miou > self.best + stop.min_delta:
+                self.bad_epochs = 0
+            else:
+                self.bad_epochs += 1
+            if miou > self.best:
+                self.best, self.best_epoch = miou, self.epoch
+                self.best_confmat = metrics.confmat.cpu()
+                self.best_per_class = list(metrics.compute()["iou_per_class"])
+            if stop.patience is not None and self.bad_epochs >= stop.patience:
+                self.stopped_early = True
+            result.update(
+                {
+                    "epoch": self.epoch,
+                    "best_val_mIoU": self.best,
+                    "best_epoch": self.best_epoch,
+                    "lr": self.optimizer.param_groups[0]["lr"],
+                    "time/epoch_s": time.perf_counter() - t0,
+                    "early_stopped": float(self.stopped_early),
+                }
+            )
+            yield result
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue this run where it stopped."""
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": self.epoch,
+            "best": self.best,
+            "best_epoch": self.best_epoch,
+            "best_confmat": self.best_confmat,
+            "best_per_class": self.best_per_class,
+            "bad_epochs": self.bad_epochs,
+            "stopped_early": self.stopped_early,
+            "torch_rng": torch.get_rng_state(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        for key in ("epoch", "best", "best_epoch", "best_confmat", "best_per_class"):
+            setattr(self, key, state[key])
+        self.bad_epochs, self.stopped_early = state["bad_epochs"], state["stopped_early"]
+        torch.set_rng_state(state["torch_rng"])
+
+    def summary(self) -> dict[str, Any]:
+        """The best epoch in plain JSON: mIoU, per-class IoU and confusion matrix."""
+        return {
+            "best_val_mIoU": self.best,
+            "best_epoch": self.best_epoch,
+            "epochs_run": self.epoch,
+            "stopped_early": self.stopped_early,
+            "class_names": self.info.class_names,
+            "iou_per_class": self.best_per_class,
+            "confmat": None if self.best_confmat is None else self.best_confmat.tolist(),
+        }
+
+    def save(self, directory: str | Path) -> Path:
+        """Write the state (``state.pt``) and the best epoch's summary (``best.json``)."""
+        path = Path(directory) / STATE_FILE
+        torch.save(self.state_dict(), path)
+        (Path(directory) / SUMMARY_FILE).write_text(json.dumps(self.summary()))
+        return path
+
+    def load(self, directory: str | Path) -> None:
+        state = torch.load(
+            Path(directory) / STATE_FILE, map_location=self.device, weights_only=False
+        )
+        self.load_state_dict(state)

@@ -1,0 +1,312 @@
+"""``python -m tune_losses.search``: Ray Tune + Optuna (TPE) + ASHA over a loss search space.
+
+Example:
+    python -m tune_losses.search --space search_spaces/quickstart.yaml
+    python -m tune_losses.search --space search_spaces/aux_weight.yaml --dry-run
+    python -m tune_losses.search --space ... --address auto --storage /nfs/ray_results
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import io
+import json
+import os
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from tune_losses.config import ConfigError, apply_overrides, read_yaml
+from tune_losses.space import SearchSpace
+
+STATE_FILE = "tune_losses.json"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m tune_losses.search",
+        description="Search loss weights and schedules of a segmentation model.",
+    )
+    p.add_argument("--space", required=True, type=Path, help="search-space YAML file")
+    p.add_argument("--num-samples", type=int, help="trials to run (search.num_samples)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=2 (repeatable)",
+    )
+    p.add_argument("--address", help="Ray cluster to join ('auto' or host:port); local if unset")
+    p.add_argument("--storage", help="Ray results folder; shared (NFS, S3) on a multi-node cluster")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (tracking.uri)")
+    p.add_argument("--experiment", help="MLflow experiment name (tracking.experiment)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="NAME",
+        help="resume a search in --storage (the latest of this space file if no NAME)",
+    )
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (search.cpus_per_trial)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (search.gpus_per_trial)")
+    p.add_argument("--seed", type=int, help="sampler seed (search.seed)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the space and print a few sampled trial configs; train nothing",
+    )
+    return p
+
+
+def load_space(args: argparse.Namespace) -> SearchSpace:
+    """The space file with ``--set`` and flag overrides applied, validated in every branch."""
+    flags = {
+        "search.num_samples": args.num_samples,
+        "search.cpus_per_trial": args.cpus_per_trial,
+        "search.gpus_per_trial": args.gpus_per_trial,
+        "search.seed": args.seed,
+        "tracking.uri": args.tracking_uri,
+        "tracking.experiment": args.experiment,
+    }
+    overrides = list(args.overrides)
+    overrides += [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    raw = apply_overrides(read_yaml(args.space), overrides)
+    return SearchSpace(raw, source=str(args.space))
+
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """TPE (seeded) for random markers; an exhaustive grid when every marker is ``grid``."""
+    search = space.experiment.search
+    if space.grid_only:
+        return optuna.samplers.GridSampler(space.grid(), seed=search.seed)
+    return optuna.samplers.TPESampler(
+        seed=search.seed, n_startup_trials=search.n_startup_trials, multivariate=True
+    )
+
+
+def dry_run(space: SearchSpace, n: int = 3) -> None:
+    """Print ``n`` sampled trial configs (validated), without Ray or MLflow."""
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(space))
+    exp = space.experiment
+    total = space.grid_size() or exp.search.num_samples
+    print(f"{space.source}: valid; {len(space.markers)} markers, {total} trials planned")
+    for i in range(min(n, total)):
+        trial = study.ask()
+        concrete = space.sample(trial)
+        space.validate(concrete)
+        print(f"--- trial {i}: {json.dumps(trial.params)}")
+        print(yaml.safe_dump({"loss": concrete["loss"]}, sort_keys=False), end="")
+        with contextlib.suppress(RuntimeError):  # an exhausted grid stops the study
+            study.tell(trial, 0.0)
+
+
+def leaderboard(results: Any) -> list[dict[str, Any]]:
+    """One row per trial, best first: trial, status, epochs run, best val mIoU, sampled values."""
+    rows = []
+    for res in results:
+        cfg = res.config or {}
+        last = res.metrics or {}
+        best = float("nan")
+        df = res.metrics_dataframe
+        if df is not None and "val/mIoU" in df:
+            best = float(df["val/mIoU"].max())
+        rows.append(
+            {
+                "trial": last.get("trial_id", res.path.rsplit("_", 1)[-1] if res.path else "?"),
+                "status": "ERROR" if res.error else "OK",
+                "epochs": int(last.get("epoch", 0)),
+                "best_val_mIoU": best,
+                **{k: v for k, v in cfg.items() if k != "experiment"},
+                "_experiment": cfg.get("experiment"),
+            }
+        )
+    rows.sort(key=lambda r: -r["best_val_mIoU"] if r["best_val_mIoU"] == r["best_val_mIoU"] else 1)
+    return rows
+
+
+def leaderboard_csv(rows: Sequence[dict[str, Any]]) -> str:
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys and not k.startswith("_")]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def print_leaderboard(rows: Sequence[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys and not k.startswith("_")]
+    table = Table(title="Leaderboard (best val mIoU, %)")
+    for key in keys:
+        table.add_column(key, overflow="fold")
+    for row in rows:
+        cells = []
+        for key in keys:
+            value = row.get(key, "")
+            cells.append(f"{value:.4g}" if isinstance(value, float) else str(value))
+        table.add_row(*cells)
+    Console(width=max(120, 24 * len(keys))).print(table)
+
+
+def _storage(args: argparse.Namespace) -> str:
+    if args.storage:
+        return args.storage if "://" in args.storage else str(Path(args.storage).resolve())
+    return str(Path("ray_results").resolve())
+
+
+def _resume_dir(storage: str, space_file: Path, name: str) -> Path:
+    root = Path(storage)
+    if name != "latest":
+        path = root / name
+        if not (path / STATE_FILE).is_file():
+            raise ConfigError(f"--resume {name}: no search of tune_losses in {root}")
+        return path
+    found = sorted(root.glob(f"{space_file.stem}-*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise ConfigError(f"--resume: no earlier search of {space_file} in {root}")
+    return found[-1].parent
+
+
+def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
+    """Run (or resume) the search; returns the process exit code."""
+    import ray
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tune_losses.tracking import SearchTracker, TrialLogger
+    from tune_losses.trainable import train_trial
+
+    exp = space.experiment
+    search = exp.search
+    storage = _storage(args)
+    if args.address and "://" not in storage:
+        print(
+            f"note: --storage {storage} must be shared by every node of the cluster",
+            file=sys.stderr,
+        )
+    if args.resume:
+        run_dir = _resume_dir(storage, args.space, args.resume)
+        name = run_dir.name
+        state = json.loads((run_dir / STATE_FILE).read_text())
+    else:
+        name = f"{args.space.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir, state = Path(storage) / name, {}
+
+    tracker = SearchTracker(exp.tracking.uri, exp.tracking.experiment)
+    if state:
+        tracker.reopen(state["parent_run_id"])
+    else:
+        params = {"space_file": str(args.space), "ray_name": name, "storage": storage}
+        params.update({f"search.{k}": v for k, v in search.model_dump().items()})
+        tracker.start(exp.tracking.run_name or name, params, args.space)
+        if "://" not in storage:
+            run_dir.mkdir(parents=True, exist_ok=True)
+            (run_dir / STATE_FILE).write_text(
+                json.dumps({"parent_run_id": tracker.parent_id, "space": str(args.space)})
+            )
+    if args.address:
+        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60 clusters use token auth
+    try:
+        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+        ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=False)
+        trainable = tune.with_resources(
+            train_trial, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
+        )
+        max_epochs = exp.train.epochs
+        callbacks = [TrialLogger(tracker, max_epochs)]
+        total = space.grid_size() or search.num_samples
+        print(
+            f"search {name}: {total} trials, up to {search.max_concurrent} at a time, "
+            f"{max_epochs} epochs max; results in {run_dir}",
+            flush=True,
+        )
+        if state:
+            tuner = tune.Tuner.restore(
+                str(run_dir), trainable, resume_unfinished=True, resume_errored=True
+            )
+        else:
+            searcher = OptunaSearch(
+                space=space.define_by_run(),
+                metric=search.metric,
+                mode=search.mode,
+                sampler=make_sampler(space),
+            )
+            if search.scheduler == "asha":
+                scheduler: Any = ASHAScheduler(
+                    time_attr="training_iteration",
+                    metric=search.metric,
+                    mode=search.mode,
+                    max_t=max_epochs,
+                    grace_period=min(search.grace_period, max_epochs),
+                    reduction_factor=search.reduction_factor,
+                )
+            else:
+                scheduler = FIFOScheduler()
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(
+                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+                    scheduler=scheduler,
+                    num_samples=space.grid_size() or search.num_samples,
+                ),
+                run_config=tune.RunConfig(
+                    name=name,
+                    storage_path=storage,
+                    callbacks=callbacks,
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=search.checkpoint_keep),
+                    failure_config=tune.FailureConfig(max_failures=1),
+                    verbose=0,
+                ),
+            )
+        results = tuner.fit()
+    except KeyboardInterrupt:
+        tracker.abort("KILLED")
+        raise
+    except BaseException:
+        tracker.abort("FAILED")
+        raise
+    rows = leaderboard(results)
+    ok = [r for r in rows if r["status"] == "OK" and r["best_val_mIoU"] == r["best_val_mIoU"]]
+    best_yaml = yaml.safe_dump(ok[0]["_experiment"], sort_keys=False) if ok else None
+    best = {"best_val_mIoU": ok[0]["best_val_mIoU"], "best_trial": ok[0]["trial"]} if ok else {}
+    tracker.finish(leaderboard_csv(rows), best_yaml, best)
+    print_leaderboard(rows)
+    if best_yaml is not None and "://" not in storage:
+        (run_dir / "best_config.yaml").write_text(best_yaml)
+        print(f"best config: {run_dir / 'best_config.yaml'}")
+    print(f"review it:  mlflow ui --backend-store-uri {exp.tracking.uri}")
+    return 0 if ok else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        space = load_space(args)
+        if args.dry_run:
+            dry_run(space)
+            return 0
+        return run_search(args, space)
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

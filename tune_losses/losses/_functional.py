@@ -18,6 +18,7 @@ from functools import cached_property
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 ClassSelection = str | Sequence[int]
 
@@ -89,7 +90,20 @@ def masked_mean(values: Tensor, mask: Tensor) -> Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
-def sobel_magnitude(x: Tensor, eps: float = 1e-12) -> Tensor:
+def _sobel_sum(x: Tensor, eps: float) -> Tensor:
+    """``sum_c sqrt(G_x^2 + G_y^2 + eps)`` over the channels of x [B,C,H,W] -> [B,H,W]."""
+    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
+    dx = xp[..., :, 2:] - xp[..., :, :-2]
+    gx = torch.add(dx[..., :-2, :] + dx[..., 2:, :], dx[..., 1:-1, :], alpha=2.0)
+    del dx
+    dy = xp[..., 2:, :] - xp[..., :-2, :]
+    del xp
+    gy = torch.add(dy[..., :, :-2] + dy[..., :, 2:], dy[..., :, 1:-1], alpha=2.0)
+    del dy
+    return torch.sqrt(torch.addcmul(gx.square(), gy, gy).add(eps)).sum(dim=1)
+
+
+def sobel_magnitude(x: Tensor, eps: float = 1e-12, chunk: int = 4) -> Tensor:
     """Edge strength in [0, 1] of a stack of maps [B,C,H,W] in [0, 1]: one value per pixel.
 
     Per channel the Sobel gradient (G_x, G_y) is taken with replicate padding, so the image
@@ -97,14 +111,19 @@ def sobel_magnitude(x: Tensor, eps: float = 1e-12) -> Tensor:
     label a straight boundary between two classes scores 1 (each class's Sobel response is
     4, and the two classes count once each); flat regions score 0. ``eps`` under the square
     root keeps the gradient finite on flat regions (pass 0 for a label map).
+
+    Channels are processed ``chunk`` at a time and, when a gradient is needed, recomputed in
+    the backward pass (activation checkpointing): the operator then holds about one extra
+    [B,C,H,W] buffer instead of six.
     """
-    xp = F.pad(x, (1, 1, 1, 1), mode="replicate")
-    dx = xp[..., :, 2:] - xp[..., :, :-2]
-    dy = xp[..., 2:, :] - xp[..., :-2, :]
-    gx = dx[..., :-2, :] + 2.0 * dx[..., 1:-1, :] + dx[..., 2:, :]
-    gy = dy[..., :, :-2] + 2.0 * dy[..., :, 1:-1] + dy[..., :, 2:]
-    magnitude = torch.sqrt(gx.square() + gy.square() + eps)
-    return (magnitude.sum(dim=1) / 8.0).clamp(0.0, 1.0)
+    total = None
+    for part in x.split(chunk, dim=1):
+        if torch.is_grad_enabled() and part.requires_grad:
+            value = checkpoint(_sobel_sum, part, eps, use_reentrant=False)
+        else:
+            value = _sobel_sum(part, eps)
+        total = value if total is None else total + value
+    return (total / 8.0).clamp(0.0, 1.0)
 
 
 class Prepared:
@@ -171,8 +190,8 @@ class Prepared:
     @cached_property
     def one_hot(self) -> Tensor:
         """One-hot label [B,C,H,W] in the working dtype, all-zero at ignored pixels."""
-        hot = F.one_hot(self.target, self.num_classes).permute(0, 3, 1, 2)
-        return hot.to(self.logits.dtype) * self.validf.unsqueeze(1)
+        hot = self.logits.new_zeros(self.logits.shape, requires_grad=False)
+        return hot.scatter_(1, self.target.unsqueeze(1), self.validf.unsqueeze(1))
 
     @cached_property
     def edge_kept(self) -> Tensor:
@@ -183,7 +202,8 @@ class Prepared:
     @cached_property
     def label_edges(self) -> Tensor:
         """Sobel edge strength of the one-hot label, [B,H,W] in [0, 1], no gradient."""
-        return sobel_magnitude(self.one_hot, eps=0.0)
+        with torch.no_grad():
+            return sobel_magnitude(self.one_hot, eps=0.0)
 
     def zero(self) -> Tensor:
         """Exact 0 that keeps the graph to the logits (finite zero gradient)."""

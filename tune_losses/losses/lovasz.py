@@ -8,7 +8,8 @@ errors (paper, Alg. 1 and eq. 9). Every group has the same length, so a single b
 ``torch.sort`` along the pixel axis orders all of them at once: no Python loop over classes
 or images. Ignored pixels get a sort key of -1, fall behind every kept error and weigh 0.
 The extension is piecewise linear, so the gradient with respect to the errors is ``g``
-scattered back to the unsorted order; it is built without autograd through the sort.
+scattered back to the unsorted order; it is built in place without autograd through the
+sort, which keeps the memory to the errors, the sort indices and one [G,N] buffer.
 """
 
 from __future__ import annotations
@@ -20,33 +21,46 @@ from ._functional import ClassSelection, Prepared, class_selection, float32_regi
 from .registry import register_loss
 
 
-def lovasz_extension(errors: Tensor, fg: Tensor, valid: Tensor) -> Tensor:
-    """Lovasz extension of the Jaccard loss per group, [G] from errors [G,N] >= 0.
+def lovasz_weights(key: Tensor, fg: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
+    """Gradient of the Lovasz extension w.r.t. each error, in the unsorted order.
 
     Args:
-        errors: [G,N] non-negative errors, differentiable.
-        fg: [G,N] bool, foreground pixels of each group (False where ignored).
+        key: [G,N] contiguous errors, -1 at ignored pixels; overwritten (its storage holds
+            the result), no autograd.
+        fg: [G,N] bool foreground of each group (False at ignored pixels).
         valid: bool broadcastable to [G,N], kept pixels.
+
+    Returns:
+        ``(w, fg_sum)``: ``w`` [G,N] with ``loss_g = sum_i w_gi e_gi`` (0 at ignored pixels)
+        and ``fg_sum`` [G] ``= sum_i w_gi fg_gi``.
     """
-    groups, n = errors.shape
-    count_dtype = errors.dtype if n < 2**24 else torch.float64
-    with torch.no_grad():
-        key = errors.detach().masked_fill(~valid, -1.0)
-        perm = key.sort(dim=1, descending=True).indices
-        cum_fg = fg.gather(1, perm).cumsum(dim=1, dtype=count_dtype)
-        total_fg = cum_fg[:, -1:].clone()
-        inter = cum_fg.neg_().add_(total_fg)
-        ranks = torch.arange(1, n + 1, device=errors.device, dtype=count_dtype)
-        jac = inter.div_(inter + ranks).neg_().add_(1.0).to(errors.dtype)
-        grad = torch.diff(jac, dim=1, prepend=jac.new_zeros(groups, 1))
-        weights = key.scatter_(1, perm, grad).masked_fill_(~valid, 0.0)
-    return (errors * weights).sum(dim=1)
+    n = key.shape[1]
+    count_dtype = key.dtype if n < 2**24 else torch.float64
+    perm = torch.empty(key.shape, dtype=torch.long, device=key.device)
+    torch.sort(key, dim=1, descending=True, out=(key, perm))
+    fg_sorted = fg.gather(1, perm)
+    cum = fg_sorted.cumsum(dim=1, dtype=count_dtype)
+    total = cum[:, -1:].clone()
+    inter = cum.neg_().add_(total)  # G - F_k: foreground not yet among the first k
+    ranks = torch.arange(1, n + 1, device=key.device, dtype=count_dtype)
+    jac = inter.div_(inter + ranks).neg_().add_(1.0).to(key.dtype)  # J_k
+    grad = torch.empty_like(jac)
+    grad[:, :1] = jac[:, :1]
+    torch.sub(jac[:, 1:], jac[:, :-1], out=grad[:, 1:])
+    del jac, inter, cum
+    weights = key.scatter_(1, perm, grad).masked_fill_(~valid, 0.0)
+    fg_sum = torch.where(fg, weights, 0.0).sum(dim=1)
+    return weights, fg_sum
 
 
 def _lovasz_softmax(
     prep: Prepared, *, classes: ClassSelection = "present", per_image: bool = False
 ) -> Tensor:
-    """Lovasz-Softmax on a prepared head; see :func:`lovasz_softmax`."""
+    """Lovasz-Softmax on a prepared head; see :func:`lovasz_softmax`.
+
+    With errors ``|y - p|`` the loss of a group is ``sum_i w_i p_i (1 - 2 y_i) + sum_i w_i
+    y_i``: only ``w (1 - 2 y)`` is kept for the backward pass.
+    """
     b, c, h, w = prep.logits.shape
     device = prep.logits.device
     class_selection(classes, c, device)
@@ -62,11 +76,15 @@ def _lovasz_softmax(
         valid = prep.valid.reshape(b, 1, h * w).expand(b, k, h * w).reshape(b * k, h * w)
         fg = (labels == ids.view(1, k, 1)).reshape(b * k, h * w) & valid
     else:
-        p = probs.transpose(0, 1).reshape(k, b * h * w)
+        p = probs.reshape(b, k, h * w).transpose(0, 1)
         valid = prep.valid.reshape(1, b * h * w)
         fg = (prep.target.reshape(1, -1) == ids.view(k, 1)) & valid
-    errors = torch.where(fg, 1.0 - p, p)
-    losses = lovasz_extension(errors, fg, valid)
+    with torch.no_grad():
+        key = p.detach().clone(memory_format=torch.contiguous_format).view(fg.shape)
+        key.sub_(fg.to(key.dtype)).abs_().masked_fill_(~valid, -1.0)
+        signed, fg_sum = lovasz_weights(key, fg, valid)
+        signed.mul_(fg.to(key.dtype).mul_(-2.0).add_(1.0))
+    losses = (p * signed.view(p.shape)).sum(dim=tuple(range(1, p.dim()))) + fg_sum
     selected = valid.any(dim=1).expand_as(losses)
     if classes == "present":
         selected = selected & fg.any(dim=1)
@@ -91,7 +109,9 @@ def _lovasz_hinge(prep: Prepared, *, per_image: bool = False) -> Tensor:
     fg = (prep.target == 1).reshape(groups, -1) & valid
     sign = fg.to(score.dtype) * 2.0 - 1.0
     errors = torch.relu(1.0 - score.reshape(groups, -1) * sign)
-    losses = lovasz_extension(errors, fg, valid)
+    with torch.no_grad():
+        weights, _ = lovasz_weights(errors.detach().masked_fill(~valid, -1.0), fg, valid)
+    losses = (errors * weights).sum(dim=1)
     return masked_mean(losses, valid.any(dim=1))
 
 

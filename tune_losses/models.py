@@ -63,9 +63,9 @@ def _load_encoder_weights(net: nn.Module, path: Path) -> None:
     state = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
-    missing, unexpected = net.encoder.load_state_dict(state, strict=False)
-    if len(missing) == len(net.encoder.state_dict()):
-        raise ValueError(f"{path}: no tensor of this file matches encoder parameters")
+    if not isinstance(state, dict) or not set(state) & set(net.encoder.state_dict()):
+        raise ValueError(f"model.encoder_weights: no tensor in {path} matches the encoder")
+    net.encoder.load_state_dict(state, strict=False)
 
 
 def build_model(cfg: ModelConfig, num_classes: int) -> SegModel:

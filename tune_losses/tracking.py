@@ -57,6 +57,32 @@ def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+class RunLogger:
+    """MLflow logging of one ``tune_losses.train`` run (no search, no parent)."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, Any]):
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
+        items = [Param(k, _param_value(v)) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+
+    def log_epoch(self, result: Mapping[str, Any]) -> None:
+        step = int(result.get("epoch", 0))
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + _BATCH])
+
+    def log_artifact(self, path: str | Path) -> None:
+        self.client.log_artifact(self.run_id, str(path))
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+
+
 class SearchTracker:
     """Owns the parent run and every child run of one search; never leaves one RUNNING."""
 

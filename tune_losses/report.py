@@ -1,0 +1,561 @@
+"""``python -m tune_losses.report``: review a search from the MLflow store, without Ray.
+
+Reads the layout :mod:`tune_losses.tracking` writes (one parent run tagged
+``tune_losses.kind=search``, one child run per trial tagged ``mlflow.parentRunId``)
+and works on a finished search as well as on one still running.
+
+It prints a leaderboard (best ``best_val_mIoU`` first) and the parameter importances
+(fANOVA, Hutter et al. 2014, through ``optuna.importance``) of the sampled ``loss.*``
+params, and writes into ``--out``:
+
+- ``leaderboard.csv``: every trial, every ``loss.*`` param;
+- ``importances.json``: importances, the params and trials used, what was left out and why;
+- ``curves.png``: ``val/mIoU`` per epoch, one line per trial, the best one highlighted;
+- ``importances.png``: bar chart (only when importances could be computed).
+
+The files are also logged on the parent run under ``report/`` unless ``--no-log``.
+
+How importances are computed: an Optuna study is rebuilt in memory from the FINISHED
+children that have a ``best_val_mIoU``. MLflow keeps params as strings, so a param whose
+values all parse as finite numbers gets ``FloatDistribution(min, max)`` over the observed
+values and any other gets ``CategoricalDistribution`` of the observed strings. Only params
+present in every one of those trials are used (a conditional param, e.g. the weight of a
+term that only exists in one branch of a ``choice``, is left out; its branch's ``.choice``
+param still carries the effect). Params with a single observed value carry no signal and
+are left out; params whose values equal another's in every trial (a ``choice`` label and
+the value it resolves to) are aliases and only the shortest name is kept.
+
+Example:
+    python -m tune_losses.report                                # latest search, sqlite:///mlruns.db
+    python -m tune_losses.report --run aux_weight-20250101-120000 --top 10
+    python -m tune_losses.report --tracking-uri sqlite:///runs.db --run 3f2a... --no-log
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Run
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+KIND_TAG = "tune_losses.kind"
+PARENT_TAG = "mlflow.parentRunId"  # same as tune_losses.tracking.PARENT_TAG (that module needs Ray)
+CURVE_METRIC = "val/mIoU"
+BEST_METRIC = "best_val_mIoU"
+PARAM_PREFIX = "loss."
+MIN_TRIALS = 3
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class ReportError(ValueError):
+    """A user error (unknown experiment, run or store): printed as one line, exit code 2."""
+
+
+@dataclass
+class TrialRecord:
+    """One child run of a search, as the report needs it."""
+
+    run_id: str
+    name: str
+    status: str
+    stop_reason: str
+    epochs_run: str
+    best: float
+    params: dict[str, str]
+    history: list[tuple[int, float]] = field(default_factory=list)
+
+
+@dataclass
+class Importances:
+    """Outcome of :func:`param_importances`; ``values`` is empty when ``message`` says why."""
+
+    values: dict[str, float]
+    n_trials: int
+    params: list[str]
+    skipped: dict[str, str]
+    aliases: dict[str, list[str]]
+    evaluator: str
+    message: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "evaluator": self.evaluator,
+            "objective": BEST_METRIC,
+            "n_trials": self.n_trials,
+            "params": self.params,
+            "importances": self.values,
+            "skipped_params": self.skipped,
+            "aliases": self.aliases,
+            "message": self.message,
+        }
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line interface of ``python -m tune_losses.report``."""
+    p = argparse.ArgumentParser(
+        prog="python -m tune_losses.report",
+        description="Leaderboard, parameter importances and curves of a search, from MLflow.",
+    )
+    p.add_argument("--tracking-uri", default="sqlite:///mlruns.db", help="MLflow tracking URI")
+    p.add_argument("--experiment", default="tune_losses", help="MLflow experiment name")
+    p.add_argument(
+        "--run", help="parent run id or run name of the search (default: the latest search)"
+    )
+    p.add_argument("--out", type=Path, help="output folder (default: report/<parent run name>)")
+    p.add_argument(
+        "--top", type=_positive_int, metavar="N", help="show and plot only the N best trials"
+    )
+    p.add_argument("--no-log", action="store_true", help="do not log the files on the parent run")
+    return p
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An MLflow client on ``uri``; a missing sqlite file is an error, not a new empty store."""
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        path = Path(uri[len("sqlite:///") :])
+        if not path.is_file():
+            raise ReportError(f"no MLflow store at {uri} (file {path} does not exist)")
+    return MlflowClient(tracking_uri=uri)
+
+
+def find_parent(client: MlflowClient, experiment: str, run: str | None = None) -> Run:
+    """The parent run of a search: by id or name, else the latest one of ``experiment``.
+
+    A run id of a search in another experiment is accepted too.
+    """
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        raise ReportError(f"no experiment {experiment!r} in {client.tracking_uri}")
+    kind = f"tags.`{KIND_TAG}` = 'search'"
+    if run is None:
+        found = client.search_runs(
+            [exp.experiment_id],
+            filter_string=kind,
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        if not found:
+            raise ReportError(
+                f"no search in experiment {experiment!r} (no run tagged {KIND_TAG}=search)"
+            )
+        return found[0]
+    parents = _search_all(client, exp.experiment_id, kind)
+    for parent in parents:  # newest first: a reused name means the latest search
+        if run in (parent.info.run_id, parent.info.run_name):
+            return parent
+    if _RUN_ID.match(run):
+        try:
+            other = client.get_run(run)
+        except MlflowException:
+            other = None
+        if other is not None:
+            if other.data.tags.get(KIND_TAG) != "search":
+                raise ReportError(f"run {run} is not a search (no tag {KIND_TAG}=search)")
+            return other
+    raise ReportError(f"no search run with id or name {run!r} in experiment {experiment!r}")
+
+
+def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            order_by=["attributes.start_time DESC"],
+            max_results=1000,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
+    """Every child run of ``parent`` with its ``loss.*`` params and ``val/mIoU`` history."""
+    pid = parent.info.run_id
+    children = _search_all(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{pid}'")
+    trials = []
+    for child in children:
+        by_step: dict[int, float] = {}
+        history = client.get_metric_history(child.info.run_id, CURVE_METRIC)
+        for m in sorted(history, key=lambda m: m.timestamp):  # a retried epoch: keep the last
+            by_step[int(m.step)] = float(m.value)
+        curve = sorted(by_step.items())
+        best = child.data.metrics.get(BEST_METRIC)
+        if best is None:
+            best = max((v for _, v in curve if math.isfinite(v)), default=math.nan)
+        tags = child.data.tags
+        trials.append(
+            TrialRecord(
+                run_id=child.info.run_id,
+                name=child.info.run_name or child.info.run_id[:8],
+                status=child.info.status,
+                stop_reason=tags.get("stop_reason", ""),
+                epochs_run=tags.get("epochs_run", ""),
+                best=float(best),
+                params={k: v for k, v in child.data.params.items() if k.startswith(PARAM_PREFIX)},
+                history=curve,
+            )
+        )
+    trials.sort(key=lambda t: (not math.isfinite(t.best), -t.best if math.isfinite(t.best) else 0))
+    return trials
+
+
+# --------------------------------------------------------------------------- analysis
+
+
+def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
+    """``loss.*`` params that take more than one value (or are missing somewhere)."""
+    keys = sorted({k for t in trials for k in t.params})
+    if len(trials) < 2:
+        return keys
+    return [k for k in keys if len({t.params.get(k) for t in trials}) > 1]
+
+
+def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
+    """One dict a trial, best first, with every ``loss.*`` param (the CSV's rows)."""
+    keys = sorted({k for t in trials for k in t.params})
+    rows = []
+    for rank, t in enumerate(trials, 1):
+        row: dict[str, Any] = {
+            "rank": rank,
+            "trial": t.name,
+            "run_id": t.run_id,
+            "status": t.status,
+            "stop_reason": t.stop_reason,
+            "epochs_run": t.epochs_run,
+            BEST_METRIC: t.best,
+        }
+        row.update({k: t.params.get(k, "") for k in keys})
+        rows.append(row)
+    return rows
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if math.isfinite(value) else None
+
+
+def param_importances(trials: Sequence[TrialRecord], seed: int = 0) -> Importances:
+    """fANOVA importances of the ``loss.*`` params for ``best_val_mIoU``.
+
+    Rebuilds an in-memory Optuna study from the FINISHED trials (see the module
+    docstring for the distributions and which params are used) and calls
+    ``optuna.importance.get_param_importances`` with a seeded
+    ``FanovaImportanceEvaluator`` (Hutter, Hoos, Leyton-Brown 2014, "An Efficient
+    Approach for Assessing Hyperparameter Importance"). Never raises for too little
+    data: ``message`` says why ``values`` is empty.
+    """
+    import optuna
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    evaluator_name = "FanovaImportanceEvaluator"
+    done = [t for t in trials if t.status == "FINISHED" and math.isfinite(t.best)]
+    result = Importances({}, len(done), [], {}, {}, evaluator_name)
+    if len(done) < MIN_TRIALS:
+        result.message = (
+            f"importances need >= {MIN_TRIALS} finished trials with {BEST_METRIC} "
+            f"(have {len(done)})"
+        )
+        return result
+    all_keys = sorted({k for t in done for k in t.params})
+    common = [k for k in all_keys if all(k in t.params for t in done)]
+    for key in all_keys:
+        if key not in common:
+            result.skipped[key] = "conditional (missing in some finished trials)"
+    varying = []
+    for key in common:
+        if len({t.params[key] for t in done}) > 1:
+            varying.append(key)
+        else:
+            result.skipped[key] = "constant"
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for key in varying:
+        groups.setdefault(tuple(t.params[key] for t in done), []).append(key)
+    used = []
+    for names in groups.values():
+        names.sort(key=lambda n: (len(n), n))
+        used.append(names[0])
+        if len(names) > 1:
+            result.aliases[names[0]] = names[1:]
+    used.sort()
+    result.params = used
+    if not used:
+        result.message = "no sampled loss.* param varies across the finished trials"
+        return result
+
+    distributions: dict[str, Any] = {}
+    values: dict[str, dict[str, Any]] = {t.run_id: {} for t in done}
+    for key in used:
+        numbers = [n for t in done if (n := _as_number(t.params[key])) is not None]
+        if len(numbers) == len(done):
+            distributions[key] = FloatDistribution(min(numbers), max(numbers))
+            for t, n in zip(done, numbers, strict=True):
+                values[t.run_id][key] = n
+        else:
+            distributions[key] = CategoricalDistribution(sorted({t.params[key] for t in done}))
+            for t in done:
+                values[t.run_id][key] = t.params[key]
+
+    verbosity = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        study = optuna.create_study(direction="maximize")
+        study.add_trials(
+            [
+                optuna.trial.create_trial(
+                    value=t.best, params=values[t.run_id], distributions=distributions
+                )
+                for t in done
+            ]
+        )
+        evaluator = optuna.importance.FanovaImportanceEvaluator(seed=seed)
+        raw = optuna.importance.get_param_importances(study, evaluator=evaluator, params=used)
+    except (ValueError, RuntimeError, ZeroDivisionError) as exc:
+        result.message = f"importances could not be computed: {exc}"
+        return result
+    finally:
+        optuna.logging.set_verbosity(verbosity)
+    if any(not math.isfinite(v) for v in raw.values()):
+        result.message = f"importances undefined ({BEST_METRIC} does not vary)"
+        return result
+    result.values = {k: float(v) for k, v in raw.items()}
+    return result
+
+
+# --------------------------------------------------------------------------- output
+
+
+def write_leaderboard_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
+    """Write the leaderboard rows as CSV (header from the union of the rows' keys)."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    if not keys:
+        keys = ["rank", "trial", "run_id", "status", "stop_reason", "epochs_run", BEST_METRIC]
+    with path.open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def plot_curves(trials: Sequence[TrialRecord], path: Path, title: str = "") -> Path | None:
+    """``val/mIoU`` per epoch, one line per trial, the first (best) trial highlighted.
+
+    Returns None (and writes nothing) when no trial has a history yet.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    with_curve = [t for t in trials if t.history]
+    if not with_curve:
+        return None
+    fig = Figure(figsize=(8, 5), layout="constrained")
+    ax = fig.add_subplot()
+    others = [f"C{i}" for i in range(10) if i != 3]  # C3 (red) is the best trial's
+    lines = []
+    for rank, t in enumerate(with_curve):
+        steps = [s for s, _ in t.history]
+        vals = [v for _, v in t.history]
+        if rank == 0:
+            style = {"color": "C3", "lw": 2.5, "marker": "o", "ms": 4, "zorder": 3}
+            label = f"{t.name} (best)"
+        else:
+            style = {"color": others[(rank - 1) % 9], "lw": 1, "marker": ".", "alpha": 0.7}
+            label = t.name
+        lines.append(ax.plot(steps, vals, label=label, **style)[0])
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{CURVE_METRIC} (%)")
+    ax.set_title(title or f"{CURVE_METRIC} per trial")
+    ax.grid(alpha=0.3)
+    ax.legend(handles=lines[:12], fontsize="small", loc="lower right")
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def plot_importances(importances: Importances, path: Path) -> Path | None:
+    """Horizontal bar chart of the importances, largest on top; None when there are none."""
+    from matplotlib.figure import Figure
+
+    if not importances.values:
+        return None
+    items = sorted(importances.values.items(), key=lambda kv: kv[1])
+    fig = Figure(figsize=(7, 1.2 + 0.4 * len(items)), layout="constrained")
+    ax = fig.add_subplot()
+    ax.barh([k for k, _ in items], [v for _, v in items], color="C0")
+    ax.set_xlabel(f"importance for {BEST_METRIC} (fANOVA, sums to 1)")
+    ax.set_title(f"parameter importances ({importances.n_trials} finished trials)")
+    ax.set_xlim(0, max(1.0, max(v for _, v in items)))
+    fig.savefig(path, dpi=110)
+    return path
+
+
+def print_leaderboard(
+    trials: Sequence[TrialRecord], title: str, top: int | None = None, file: Any = None
+) -> None:
+    """Rich table: trial, status, stop reason, epochs, best val mIoU, varying ``loss.*``."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    shown = list(trials[:top] if top else trials)
+    params = varying_params(trials)
+    hidden = len({k for t in trials for k in t.params}) - len(params)
+    caption = f"{hidden} loss.* params constant across trials not shown" if hidden else None
+    table = Table(title=title, caption=caption)
+    for name in ("#", "trial", "status", "stop_reason", "epochs", BEST_METRIC, *params):
+        table.add_column(name, overflow="fold")
+    for rank, t in enumerate(shown, 1):
+        best = f"{t.best:.2f}" if math.isfinite(t.best) else "-"
+        cells = [str(rank), t.name, t.status, t.stop_reason, t.epochs_run, best]
+        cells += [_short(t.params.get(k, "")) for k in params]
+        table.add_row(*(Text(c) for c in cells))
+    if top and len(trials) > top:
+        table.add_row(*(Text(c) for c in ["...", f"{len(trials) - top} more in the CSV"]))
+    Console(file=file or sys.stdout, width=max(120, 22 * (6 + len(params)))).print(table)
+
+
+def _short(value: str) -> str:
+    number = _as_number(value)
+    if number is not None and not value.lstrip("-").isdigit():
+        return f"{number:.4g}"
+    return value
+
+
+def print_importances(importances: Importances, file: Any = None) -> None:
+    """Rich table of the importances, or the reason there are none."""
+    from rich.console import Console
+    from rich.table import Table
+    from rich.text import Text
+
+    console = Console(file=file or sys.stdout, width=120)
+    if not importances.values:
+        console.print(Text(f"parameter importances: {importances.message}"))
+        return
+    table = Table(title=f"Parameter importances (fANOVA, {importances.n_trials} finished trials)")
+    table.add_column("param")
+    table.add_column("importance", justify="right")
+    table.add_column("")
+    for key, value in importances.values.items():
+        table.add_row(Text(key), f"{value:.3f}", "#" * round(30 * value))
+    console.print(table)
+    if importances.skipped:
+        console.print(Text(f"not used: {', '.join(sorted(importances.skipped))}"))
+
+
+def default_out(parent: Run) -> Path:
+    """``report/<parent run name>``, the name made safe for a path."""
+    name = parent.info.run_name or parent.info.run_id
+    return Path("report") / (re.sub(r"[^\w.-]+", "_", name).strip("._") or parent.info.run_id)
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def report(
+    client: MlflowClient,
+    parent: Run,
+    out: Path,
+    *,
+    top: int | None = None,
+) -> tuple[list[TrialRecord], Importances, list[Path]]:
+    """Print the leaderboard and importances of ``parent``'s search and write the files.
+
+    Returns the trials (best first), the importances and the files written into ``out``.
+    """
+    trials = load_trials(client, parent)
+    name = parent.info.run_name or parent.info.run_id
+    counts: dict[str, int] = {}
+    for t in trials:
+        counts[t.status] = counts.get(t.status, 0) + 1
+    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no trials yet"
+    print(f"search {name} ({parent.info.run_id}, {parent.info.status.lower()}): {summary}")
+    print_leaderboard(trials, f"Leaderboard of {name} (best val mIoU, %)", top)
+    importances = param_importances(trials)
+    print_importances(importances)
+
+    out.mkdir(parents=True, exist_ok=True)
+    written = [write_leaderboard_csv(leaderboard_rows(trials), out / "leaderboard.csv")]
+    data = {"parent_run_id": parent.info.run_id, "parent_run_name": name}
+    data.update(importances.to_json())
+    (out / "importances.json").write_text(json.dumps(data, indent=2) + "\n")
+    written.append(out / "importances.json")
+    shown = trials[:top] if top else trials
+    for path in (
+        plot_curves(shown, out / "curves.png", f"{CURVE_METRIC} per epoch: {name}"),
+        plot_importances(importances, out / "importances.png"),
+    ):
+        if path is not None:
+            written.append(path)
+    print(f"wrote {', '.join(p.name for p in written)} to {out}")
+    return trials, importances, written
+
+
+def log_report(client: MlflowClient, parent: Run, files: Sequence[Path]) -> None:
+    """Log ``files`` as artifacts of the parent run under ``report/`` (replacing earlier ones)."""
+    for path in files:
+        client.log_artifact(parent.info.run_id, str(path), "report")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point; returns 0 on success, 2 on a user error, 1 when logging the files fails."""
+    args = build_parser().parse_args(argv)
+    try:
+        client = open_client(args.tracking_uri)
+        parent = find_parent(client, args.experiment, args.run)
+    except ReportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except MlflowException as exc:
+        print(f"error: {args.tracking_uri}: {exc.message.splitlines()[0]}", file=sys.stderr)
+        return 2
+    out = args.out if args.out is not None else default_out(parent)
+    _, _, files = report(client, parent, out, top=args.top)
+    if args.no_log:
+        return 0
+    try:
+        log_report(client, parent, files)
+    except (MlflowException, OSError) as exc:
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        print(
+            f"error: logging the report on run {parent.info.run_id} failed ({first}); "
+            f"the files are in {out}, --no-log skips logging",
+            file=sys.stderr,
+        )
+        return 1
+    print(f"logged them on run {parent.info.run_id} under report/")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

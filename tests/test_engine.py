@@ -65,6 +65,8 @@ def test_checkpoint_resume_continues_the_run(tiny: dict, tmp_path: Path) -> None
     assert rest[-1]["best_val_mIoU"] >= first["best_val_mIoU"]
     summary = resumed.summary()
     assert summary["epochs_run"] == 3 and len(summary["confmat"]) == resumed.info.num_classes
+    assert set(summary["loss_setup"]["terms"]) == {"decode/ce", "aux/ce"}
+    assert sum(summary["class_frequencies"]) == pytest.approx(1.0)
 
 
 def test_device_and_amp_resolution() -> None:

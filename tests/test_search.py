@@ -115,7 +115,7 @@ def test_search_end_to_end_logs_every_trial(tmp_path: Path) -> None:
         for key in ("train/loss", "train/loss/decode/ce", "weight/aux/ce", "weight/decode/dice"):
             assert key in child.data.metrics, key
         arts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert {"trial_config.yaml", "best_epoch"} <= arts
+        assert {"trial_config.yaml", "best_epoch", "loss_setup.json", "best_epoch.json"} <= arts
         reasons.append(child.data.tags["stop_reason"])
         epochs = len(history)
         assert child.data.tags["epochs_run"] == str(epochs)

@@ -229,7 +229,8 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
 
     def summary(self) -> dict[str, Any]:
-        """The best epoch in plain JSON: mIoU, per-class IoU and confusion matrix."""
+        """The best epoch in plain JSON (mIoU, per-class IoU, confusion matrix) and the loss
+        as resolved (schedules, class weights computed from the train frequencies)."""
         return {
             "best_val_mIoU": self.best,
             "best_epoch": self.best_epoch,
@@ -238,6 +239,8 @@ class Trainer:
             "class_names": self.info.class_names,
             "iou_per_class": self.best_per_class,
             "confmat": None if self.best_confmat is None else self.best_confmat.tolist(),
+            "class_frequencies": [float(f) for f in self.info.class_frequencies],
+            "loss_setup": self.loss.describe(),
         }
 
     def save(self, directory: str | Path) -> Path:

@@ -221,6 +221,7 @@ class SearchTracker:
             return
         summary = json.loads(path.read_text())
         names = summary["class_names"]
+        self.client.log_dict(run_id, summary.pop("loss_setup", {}), "loss_setup.json")
         self.client.log_dict(run_id, summary, "best_epoch.json")
         with tempfile.TemporaryDirectory() as tmp:
             if summary.get("confmat") is not None:

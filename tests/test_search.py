@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,44 @@ def test_bad_space_writes_nothing(tmp_path: Path) -> None:
     assert proc.stderr.strip() == f"error: {space}: train.optimiser: Extra inputs are not permitted"
     assert not (tmp_path / "mlruns.db").exists()
     assert not (tmp_path / "ray_results").exists()
+
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_into_the_same_runs(tmp_path: Path) -> None:
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": 6, "lr": 0.005},
+        search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    args += ["--storage", str(tmp_path / "ray")]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tune_losses.search", *args],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    for line in proc.stdout:
+        if "epoch 2/6" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out = proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert "--resume" in out
+    client, parents, children = runs_of(uri)
+    assert parents[0].info.status == "KILLED"
+    assert "RUNNING" not in {c.info.status for c in children}
+
+    done = run_cli(tmp_path, *args, "--resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client, parents, children = runs_of(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    for child in children:
+        assert child.info.status == "FINISHED"
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
+        assert sorted(set(steps)) == list(range(1, 7)), steps

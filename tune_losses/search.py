@@ -282,6 +282,14 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
     except BaseException:
         tracker.abort("FAILED")
         raise
+    if tracker.open_children():
+        tracker.abort("KILLED")
+        print(
+            f"search interrupted; continue it with: python -m tune_losses.search "
+            f"--space {args.space} --storage {storage} --resume {name}",
+            file=sys.stderr,
+        )
+        return 130
     rows = leaderboard(results)
     ok = [r for r in rows if r["status"] == "OK" and r["best_val_mIoU"] == r["best_val_mIoU"]]
     best_yaml = yaml.safe_dump(ok[0]["_experiment"], sort_keys=False) if ok else None

@@ -131,11 +131,18 @@ class SearchTracker:
                 self.client.set_tag(pid, key, str(value))
         self.client.set_terminated(pid, "FINISHED")
 
+    def open_children(self) -> list[str]:
+        """Child runs of this search still RUNNING (trials interrupted mid-way)."""
+        if self.parent_id is None:
+            return []
+        query = f"tags.`{PARENT_TAG}` = '{self.parent_id}' and attributes.status = 'RUNNING'"
+        runs = self.client.search_runs([self.experiment_id], filter_string=query)
+        return [r.info.run_id for r in runs]
+
     def abort(self, status: str = "KILLED") -> None:
         """End every open child run and the parent with ``status`` (FAILED or KILLED)."""
-        for run_id in self.children.values():
-            if self.client.get_run(run_id).info.status == "RUNNING":
-                self.client.set_terminated(run_id, status)
+        for run_id in self.open_children():
+            self.client.set_terminated(run_id, status)
         if self.parent_id is not None:
             if self.client.get_run(self.parent_id).info.status == "RUNNING":
                 self.client.set_terminated(self.parent_id, status)
@@ -239,6 +246,27 @@ class TrialLogger(tune.Callback):
         self.tracker = tracker
         self.max_epochs = max_epochs
         self.verbose = verbose
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray pickles the run config with its callbacks (for ``Tuner.restore``): keep the
+        addresses only, and reconnect to the same parent run on unpickling."""
+        t = self.tracker
+        return {
+            "uri": t.uri,
+            "experiment_id": t.experiment_id,
+            "parent_id": t.parent_id,
+            "max_epochs": self.max_epochs,
+            "verbose": self.verbose,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        tracker = SearchTracker.__new__(SearchTracker)
+        tracker.client = MlflowClient(tracking_uri=state["uri"])
+        tracker.uri, tracker.experiment_id = state["uri"], state["experiment_id"]
+        tracker.parent_id, tracker.children = None, {}
+        if state["parent_id"] is not None:
+            tracker.reopen(state["parent_id"])
+        self.tracker, self.max_epochs, self.verbose = tracker, state["max_epochs"], state["verbose"]
 
     def _say(self, text: str) -> None:
         if self.verbose:

@@ -1,14 +1,10 @@
-"""Shared fixtures: a tiny experiment that trains in seconds, and the real data folder."""
+"""Shared fixtures: a tiny experiment that trains in seconds."""
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 import pytest
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def tiny_experiment(**sections: Any) -> dict[str, Any]:
@@ -36,13 +32,3 @@ def tiny_experiment(**sections: Any) -> dict[str, Any]:
 @pytest.fixture
 def tiny() -> dict[str, Any]:
     return tiny_experiment()
-
-
-@pytest.fixture(scope="session")
-def shared_data() -> Path:
-    """``../shared/data``; skips when absent unless TUNE_LOSSES_REQUIRE_DATA=1 (CI)."""
-    if not SHARED_DATA.is_dir():
-        if os.environ.get("TUNE_LOSSES_REQUIRE_DATA") == "1":
-            pytest.fail(f"TUNE_LOSSES_REQUIRE_DATA=1 but {SHARED_DATA} is missing")
-        pytest.skip(f"real data not found at {SHARED_DATA}")
-    return SHARED_DATA

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import tiny_experiment
 
+from conftest import tiny_experiment
 from tune_losses.config import validate_experiment
 from tune_losses.engine import Trainer, resolve_amp, resolve_device
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import tiny_experiment
 from mlflow.tracking import MlflowClient
 
+from conftest import tiny_experiment
 from tune_losses.config import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -79,6 +79,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.log_artifact(str(out / "best.json"))
             run.end(status)
     summary = trainer.summary()
+    if summary["confmat"] is not None:
+        from tune_losses.metrics import plot_confusion_matrix, plot_per_class_iou
+
+        plot_confusion_matrix(summary["confmat"], info.class_names, out / "confmat.png")
+        plot_per_class_iou(summary["iou_per_class"], info.class_names, out / "iou.png")
     per_class = zip(info.class_names, summary["iou_per_class"], strict=True)
     print(f"best val mIoU {summary['best_val_mIoU']:.2f} at epoch {summary['best_epoch']}")
     print("per-class IoU: " + ", ".join(f"{n} {v:.1f}" for n, v in per_class))

@@ -32,3 +32,16 @@ def tiny_experiment(**sections: Any) -> dict[str, Any]:
 @pytest.fixture
 def tiny() -> dict[str, Any]:
     return tiny_experiment()
+
+
+# The aux-head CE weight of aux_weight.yaml: a constant or a decaying schedule.
+AUX_CE_WEIGHT: dict[str, Any] = {
+    "choice": {
+        "constant": {"uniform": [0.05, 1.0]},
+        "decay": {
+            "schedule": "linear",
+            "start": {"uniform": [0.3, 1.0]},
+            "end": {"uniform": [0.05, 0.3]},
+        },
+    }
+}

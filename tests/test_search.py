@@ -12,21 +12,22 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_experiment
+from conftest import AUX_CE_WEIGHT, tiny_experiment
 from tune_losses.config import load_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_cli(cwd: Path, *args: str, timeout: int = 600) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RAY_DEDUP_LOGS": "0"}
+def run_cli(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProcess[str]:
+    """``python -m tune_losses.search ARGS`` in ``cwd`` (``path`` extends PYTHONPATH)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), path) if p)}
     return subprocess.run(
         [sys.executable, "-m", "tune_losses.search", *args],
         cwd=cwd,
         env=env,
         capture_output=True,
         text=True,
-        timeout=timeout,
+        timeout=600,
     )
 
 
@@ -42,27 +43,14 @@ def write_space(path: Path, **sections: object) -> Path:
     }
     raw["loss"] = {
         "decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}},
-        "aux": {
-            "ce": {
-                "weight": {
-                    "choice": {
-                        "constant": {"uniform": [0.05, 1.0]},
-                        "decay": {
-                            "schedule": "linear",
-                            "start": {"uniform": [0.3, 1.0]},
-                            "end": {"uniform": [0.05, 0.3]},
-                        },
-                    }
-                }
-            },
-        },
+        "aux": {"ce": {"weight": AUX_CE_WEIGHT}},
     }
     raw.update(sections)
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
 
 
-def runs_of(uri: str) -> tuple[object, list]:
+def runs_of(uri: str) -> tuple[MlflowClient, list, list]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("e2e")
     runs = client.search_runs([exp.experiment_id])
@@ -147,26 +135,11 @@ def test_failing_trials_leave_no_run_running(tmp_path: Path) -> None:
         "    raise RuntimeError('boom from a user loss')\n"
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    env_path = f"{ROOT}{os.pathsep}{tmp_path}"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tune_losses.search",
-            "--space",
-            str(space),
-            "--tracking-uri",
-            uri,
-            "--experiment",
-            "e2e",
-            "--storage",
-            str(tmp_path / "ray"),
-        ],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": env_path},
-        capture_output=True,
-        text=True,
-        timeout=600,
+    proc = run_cli(
+        tmp_path,
+        *("--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"),
+        *("--storage", str(tmp_path / "ray")),
+        path=str(tmp_path),
     )
     assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "boom from a user loss" in proc.stdout

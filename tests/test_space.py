@@ -6,6 +6,7 @@ from pathlib import Path
 import optuna
 import pytest
 
+from conftest import AUX_CE_WEIGHT
 from tune_losses.config import ConfigError
 from tune_losses.search import main
 from tune_losses.space import SearchSpace, flatten
@@ -15,18 +16,7 @@ SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.
 AUX = {
     "decode": {"ce": {"weight": 1.0}},
     "aux": {
-        "ce": {
-            "weight": {
-                "choice": {
-                    "constant": {"uniform": [0.05, 1.0]},
-                    "decay": {
-                        "schedule": "linear",
-                        "start": {"uniform": [0.3, 1.0]},
-                        "end": {"uniform": [0.05, 0.3]},
-                    },
-                }
-            }
-        },
+        "ce": {"weight": AUX_CE_WEIGHT},
         "extra": {
             "choice": [
                 None,

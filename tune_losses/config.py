@@ -186,16 +186,17 @@ class ConstantWeight(_Strict):
     value: float = Field(ge=0.0)
 
 
-class LinearWeight(_Strict):
+class _StartEnd(_Strict):
+    start: float = Field(ge=0.0)
+    end: float = Field(ge=0.0)
+
+
+class LinearWeight(_StartEnd):
     schedule: Literal["linear"]
-    start: float = Field(ge=0.0)
-    end: float = Field(ge=0.0)
 
 
-class CosineWeight(_Strict):
+class CosineWeight(_StartEnd):
     schedule: Literal["cosine"]
-    start: float = Field(ge=0.0)
-    end: float = Field(ge=0.0)
 
 
 class ExpWeight(_Strict):

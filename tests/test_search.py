@@ -200,3 +200,29 @@ def test_interrupted_search_resumes_into_the_same_runs(tmp_path: Path) -> None:
         assert child.info.status == "FINISHED"
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
         assert sorted(set(steps)) == list(range(1, 7)), steps
+
+
+@pytest.mark.slow
+def test_search_logs_to_an_mlflow_server(tmp_path: Path, mlflow_server: str) -> None:
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": 2, "lr": 0.005},
+        search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo"},
+    )
+    proc = run_cli(
+        tmp_path,
+        *("--space", str(space), "--tracking-uri", mlflow_server, "--experiment", "e2e"),
+        *("--storage", str(tmp_path / "ray")),
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert not (tmp_path / "mlruns.db").exists()
+    client, parents, children = runs_of(mlflow_server)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    for child in children:
+        arts = {a.path for a in client.list_artifacts(child.info.run_id)}
+        assert "trial_config.yaml" in arts
+        text = Path(
+            client.download_artifacts(child.info.run_id, "trial_config.yaml", str(tmp_path))
+        )
+        assert load_experiment(text).train.epochs == 2

@@ -7,9 +7,19 @@ group's foreground pixels and ``F_k`` the foreground pixels among the first ``k`
 errors (paper, Alg. 1 and eq. 9). Every group has the same length, so a single batched
 ``torch.sort`` along the pixel axis orders all of them at once: no Python loop over classes
 or images. Ignored pixels get a sort key of -1, fall behind every kept error and weigh 0.
-The extension is piecewise linear, so the gradient with respect to the errors is ``g``
-scattered back to the unsorted order; it is built in place without autograd through the
-sort, which keeps the memory to the errors, the sort indices and one [G,N] buffer.
+The extension is piecewise linear, so its gradient with respect to the errors is ``g``
+scattered back to the unsorted order (paper, eq. 9 and Alg. 1); it is built without autograd
+through the sort.
+
+Sorting is the cost. Every group is sorted in one call, group-major with errors decreasing
+inside a group; ignored pixels go last in their group, where ``g`` is exactly 0 (once every
+kept pixel is among the first ``k``, the foreground not yet seen is 0, so ``J_k = 1``
+stays flat). For float32 errors the order comes from one ascending sort of a packed int64
+key ``group << 32 | rank-bits of the error << 1 | foreground``: non-negative IEEE floats
+order like their bit patterns, integer keys take torch's radix sort on CPU (about 2.5x
+faster than a batched float sort of the same errors), and the sorted keys carry the
+foreground flags, so no gather by the permutation is needed. Other dtypes (float64, for
+``gradcheck``) use two stable sorts (by error, then by group).
 """
 
 from __future__ import annotations
@@ -20,37 +30,100 @@ from torch import Tensor
 from ._functional import ClassSelection, Prepared, class_selection, float32_region, masked_mean
 from .registry import register_loss
 
+_INF_BITS = 0x7F800000  # bit pattern of float32 +inf: every finite error >= 0 is below it
+_ONE_BITS = 0x3F800000  # bit pattern of 1.0: softmax errors |y - p| are at most 1
 
-def lovasz_weights(key: Tensor, fg: Tensor, valid: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradient of the Lovasz extension w.r.t. each error, in the unsorted order.
+
+def _sort_groups(
+    errors: Tensor, fg: Tensor, invalid: Tensor, group: Tensor, n_groups: int, at_most_one: bool
+) -> tuple[Tensor, Tensor]:
+    """Sort the errors group-major, decreasing inside each group, ignored pixels last.
 
     Args:
-        key: [G,N] contiguous errors, -1 at ignored pixels; overwritten (its storage holds
-            the result), no autograd.
-        fg: [G,N] bool foreground of each group (False at ignored pixels).
-        valid: bool broadcastable to [G,N], kept pixels.
+        errors: float errors, any contiguous shape; >= 0 where kept (any value where ignored).
+        fg: bool foreground, shape of ``errors``, False where ignored.
+        invalid: bool ignored mask, broadcastable to ``errors``.
+        group: int64 group id per element (broadcastable), ``n_groups`` groups of equal size.
+        at_most_one: every error is in [0, 1] (softmax errors): the packed error and
+            foreground then fit in 31 bits.
 
     Returns:
-        ``(w, fg_sum)``: ``w`` [G,N] with ``loss_g = sum_i w_gi e_gi`` (0 at ignored pixels)
-        and ``fg_sum`` [G] ``= sum_i w_gi fg_gi``.
+        ``(perm, fg_sorted)``: ``perm`` [G*N] flat positions in ``errors`` in sorted order,
+        ``fg_sorted`` [G,N] the foreground flags in that order (0/1, integer or bool).
     """
-    n = key.shape[1]
-    count_dtype = key.dtype if n < 2**24 else torch.float64
-    perm = torch.empty(key.shape, dtype=torch.long, device=key.device)
-    torch.sort(key, dim=1, descending=True, out=(key, perm))
-    fg_sorted = fg.gather(1, perm)
+    flat_fg = fg.reshape(-1)
+    if errors.dtype != torch.float32:
+        masked = errors.masked_fill(invalid, -1.0).reshape(-1)
+        order = torch.sort(masked, descending=True, stable=True).indices
+        groups = group.expand(errors.shape).reshape(-1)[order]
+        order = order[torch.sort(groups, stable=True).indices]
+        return order, flat_fg[order].view(n_groups, -1)
+    bits = errors.view(torch.int32)
+    # low 32 bits: 2 (top - bits) + fg, increasing as the error decreases.
+    low = torch.sub(_ONE_BITS if at_most_one else _INF_BITS, bits).mul_(2).add_(fg)
+    if at_most_one:  # at most 2^31 - 127: ignored pixels get 2^31 - 2, after every kept one
+        low.bitwise_or_(invalid.to(torch.int32).mul_(0x7FFFFFFE))
+        key = torch.empty(errors.shape, dtype=torch.int64, device=errors.device).copy_(low)
+    else:
+        key = torch.empty(errors.shape, dtype=torch.int64, device=errors.device).copy_(low)
+        key.bitwise_and_(0xFFFFFFFF).add_(invalid.to(torch.int64) << 32)
+        group = group * 2
+    del low
+    key = key.add_(group << 32).view(-1)
+    perm = torch.empty_like(key)
+    torch.sort(key, out=(key, perm))
+    return perm, key.bitwise_and_(1).view(n_groups, -1)
+
+
+def lovasz_gradient(fg_sorted: Tensor, dtype: torch.dtype) -> Tensor:
+    """``g_k = J_k - J_{k-1}`` per group from the sorted foreground flags [G,N] (eq. 9).
+
+    ``J_k = 1 - (G - F_k) / (G - F_k + k)``; counts are exact in float32 below 2^24 pixels
+    per group, float64 above.
+    """
+    n = fg_sorted.shape[1]
+    count_dtype = dtype if n < 2**24 or dtype == torch.float64 else torch.float64
     cum = fg_sorted.cumsum(dim=1, dtype=count_dtype)
     total = cum[:, -1:].clone()
-    inter = cum.neg_().add_(total)  # G - F_k: foreground not yet among the first k
-    ranks = torch.arange(1, n + 1, device=key.device, dtype=count_dtype)
-    jac = inter.div_(inter + ranks).neg_().add_(1.0).to(key.dtype)  # J_k
-    grad = torch.empty_like(jac)
-    grad[:, :1] = jac[:, :1]
-    torch.sub(jac[:, 1:], jac[:, :-1], out=grad[:, 1:])
-    del jac, inter, cum
-    weights = key.scatter_(1, perm, grad).masked_fill_(~valid, 0.0)
-    fg_sum = torch.where(fg, weights, 0.0).sum(dim=1)
-    return weights, fg_sum
+    inter = torch.sub(total, cum, out=cum)  # G - F_k: foreground not yet among the first k
+    ranks = torch.arange(1, n + 1, device=cum.device, dtype=count_dtype)
+    grad = torch.add(inter, ranks)
+    ratio = inter.div_(grad)  # 1 - J_k
+    torch.sub(ratio[:, :-1], ratio[:, 1:], out=grad[:, 1:])
+    torch.sub(1.0, ratio[:, :1], out=grad[:, :1])
+    return grad.to(dtype)
+
+
+def _lovasz_weights(
+    errors: Tensor, fg: Tensor, invalid: Tensor, group: Tensor, n_groups: int, at_most_one: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Sorted-order Lovasz gradient of every group, with what is needed to scatter it back.
+
+    Returns ``(perm, grad, fg_sorted)``: see :func:`_sort_groups` and :func:`lovasz_gradient`.
+    """
+    perm, fg_sorted = _sort_groups(errors, fg, invalid, group, n_groups, at_most_one)
+    return perm, lovasz_gradient(fg_sorted, errors.dtype), fg_sorted
+
+
+class _GroupDot(torch.autograd.Function):
+    """``out[b,g] = sum_n p[b,g,n] w[b,g,n]`` (summed over b too unless ``per_image``).
+
+    ``w`` is a constant (no gradient): ``dL/dp = w * dL/dout`` broadcast over pixels. Saves
+    only ``w``; the product is never stored.
+    """
+
+    @staticmethod
+    def forward(ctx, p: Tensor, w: Tensor, per_image: bool) -> Tensor:  # type: ignore[override]
+        ctx.save_for_backward(w)
+        ctx.per_image = per_image
+        out = torch.linalg.vecdot(p, w)
+        return out if per_image else out.sum(0)
+
+    @staticmethod
+    def backward(ctx, grad_out: Tensor):  # type: ignore[override]
+        (w,) = ctx.saved_tensors
+        scale = grad_out.unsqueeze(-1) if ctx.per_image else grad_out.view(1, -1, 1)
+        return w * scale, None, None
 
 
 def _lovasz_softmax(
@@ -70,24 +143,36 @@ def _lovasz_softmax(
         ids = torch.as_tensor([int(i) for i in classes], device=device)
         probs = prep.probs.index_select(1, ids)
     k = ids.numel()
+    p = probs.reshape(b, k, h * w)
+    invalid = ~prep.valid.reshape(b, 1, h * w)
+    labels = prep.target.reshape(b, 1, h * w).masked_fill(invalid, -1)
+    fg = labels == ids.view(1, k, 1)
     if per_image:
-        p = probs.reshape(b * k, h * w)
-        labels = prep.target.reshape(b, 1, h * w)
-        valid = prep.valid.reshape(b, 1, h * w).expand(b, k, h * w).reshape(b * k, h * w)
-        fg = (labels == ids.view(1, k, 1)).reshape(b * k, h * w) & valid
+        group = torch.arange(b * k, device=device).view(b, k, 1)
     else:
-        p = probs.reshape(b, k, h * w).transpose(0, 1)
-        valid = prep.valid.reshape(1, b * h * w)
-        fg = (prep.target.reshape(1, -1) == ids.view(k, 1)) & valid
+        group = torch.arange(k, device=device).view(1, k, 1)
+    n_groups = b * k if per_image else k
     with torch.no_grad():
-        key = p.detach().clone(memory_format=torch.contiguous_format).view(fg.shape)
-        key.sub_(fg.to(key.dtype)).abs_().masked_fill_(~valid, -1.0)
-        signed, fg_sum = lovasz_weights(key, fg, valid)
-        signed.mul_(fg.to(key.dtype).mul_(-2.0).add_(1.0))
-    losses = (p * signed.view(p.shape)).sum(dim=tuple(range(1, p.dim()))) + fg_sum
-    selected = valid.any(dim=1).expand_as(losses)
-    if classes == "present":
-        selected = selected & fg.any(dim=1)
+        errors = torch.sub(p, fg.to(p.dtype)).abs_()
+        perm, grad, fg_sorted = _lovasz_weights(errors, fg, invalid, group, n_groups, True)
+        fg_part = torch.mul(grad, fg_sorted)
+        fg_sum = fg_part.sum(dim=1)
+        grad.sub_(fg_part, alpha=2.0)  # w (1 - 2 y), still in sorted order
+        del fg_part, fg_sorted
+        signed = errors.view(-1).index_copy_(0, perm, grad.view(-1)).view(p.shape)
+        del perm, grad
+    dots = _GroupDot.apply(p, signed, per_image)
+    losses = dots.reshape(-1) + fg_sum
+    kept = ~invalid.reshape(b, h * w)
+    has_fg = fg.any(dim=2)  # [b, k]
+    if per_image:
+        selected = kept.any(dim=1, keepdim=True).expand(b, k).reshape(-1)
+        if classes == "present":
+            selected = selected & has_fg.reshape(-1)
+    else:
+        selected = kept.any().expand(k)
+        if classes == "present":
+            selected = selected & has_fg.any(dim=0)
     if not per_image:
         return masked_mean(losses, selected)
     losses, selected = losses.view(b, k), selected.view(b, k)
@@ -109,9 +194,12 @@ def _lovasz_hinge(prep: Prepared, *, per_image: bool = False) -> Tensor:
     fg = (prep.target == 1).reshape(groups, -1) & valid
     sign = fg.to(score.dtype) * 2.0 - 1.0
     errors = torch.relu(1.0 - score.reshape(groups, -1) * sign)
+    group = torch.arange(groups, device=errors.device).view(groups, 1)
     with torch.no_grad():
-        weights, _ = lovasz_weights(errors.detach().masked_fill(~valid, -1.0), fg, valid)
-    losses = (errors * weights).sum(dim=1)
+        detached = errors.detach().contiguous()
+        perm, grad, _ = _lovasz_weights(detached, fg, ~valid, group, groups, False)
+        weights = torch.empty_like(detached).view(-1).index_copy_(0, perm, grad.view(-1))
+    losses = (errors * weights.view(errors.shape)).sum(dim=1)
     return masked_mean(losses, valid.any(dim=1))
 
 

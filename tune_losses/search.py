@@ -184,6 +184,8 @@ def _resume_dir(storage: str, space_file: Path, name: str) -> Path:
 
 def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
     """Run (or resume) the search; returns the process exit code."""
+    if args.address:  # Ray 2.60 clusters use token auth; read when ray is imported
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     import ray
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
@@ -221,8 +223,6 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
             (run_dir / STATE_FILE).write_text(
                 json.dumps({"parent_run_id": tracker.parent_id, "space": str(args.space)})
             )
-    if args.address:
-        os.environ.setdefault("RAY_AUTH_MODE", "token")  # Ray 2.60 clusters use token auth
     try:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=False)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,3 +92,53 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         except subprocess.TimeoutExpired:
             proc.kill()
         log.close()
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A two-node Ray cluster on 127.0.0.1 (a head and a second node, one CPU each).
+
+    Both run ``ray start --block`` under this fixture, so stopping them stops only what
+    the fixture started (``ray stop`` would stop every Ray process of the machine)."""
+    root = tmp_path_factory.mktemp("ray_cluster")
+    ray = str(Path(sys.executable).with_name("ray"))
+    port = free_port()
+    address = f"127.0.0.1:{port}"
+    env = {**os.environ, "RAY_AUTH_MODE": "token"}
+    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", "--block"]
+    head_cmd = [ray, "start", "--head", f"--port={port}", "--include-dashboard=false", *common]
+    head = subprocess.Popen(
+        head_cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+    )
+    procs = [head]
+    try:
+        status = [ray, "status", f"--address={address}"]
+        deadline = time.monotonic() + 180
+        while subprocess.run(status, env=env, capture_output=True).returncode != 0:
+            if head.poll() is not None or time.monotonic() > deadline:
+                pytest.fail("ray head node did not start")
+            time.sleep(2)
+        node = [ray, "start", f"--address={address}", *common]
+        procs.append(
+            subprocess.Popen(
+                node, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
+            )
+        )
+        while (
+            "2.0 CPU" not in subprocess.run(status, env=env, capture_output=True, text=True).stdout
+        ):
+            if time.monotonic() > deadline:
+                pytest.fail("second ray node did not join")
+            time.sleep(2)
+        yield address
+    finally:
+        for proc in reversed(procs):
+            _stop(proc)

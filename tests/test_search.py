@@ -226,3 +226,32 @@ def test_search_logs_to_an_mlflow_server(tmp_path: Path, mlflow_server: str) -> 
             client.download_artifacts(child.info.run_id, "trial_config.yaml", str(tmp_path))
         )
         assert load_experiment(text).train.epochs == 2
+
+
+@pytest.mark.slow
+def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: str) -> None:
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": 2, "lr": 0.005},
+        search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo"},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    env_keys = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "tune_losses.search", "--space", str(space)]
+        + ["--address", ray_cluster, "--storage", str(tmp_path / "shared")]
+        + ["--tracking-uri", uri, "--experiment", "e2e"],
+        cwd=tmp_path,
+        env={**env_keys, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client, parents, children = runs_of(uri)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED"]
+    # one CPU per node and one per trial: the two trials ran at once, one on each node
+    starts = sorted(c.info.start_time for c in children)
+    ends = sorted(c.info.end_time for c in children)
+    assert starts[1] < ends[0]

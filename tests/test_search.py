@@ -151,6 +151,19 @@ def test_failing_trials_leave_no_run_running(tmp_path: Path) -> None:
         assert "boom from a user loss" in child.data.tags["error"]
 
 
+def test_bad_data_stops_before_any_run(tmp_path: Path) -> None:
+    space = write_space(
+        tmp_path / "space.yaml",
+        data={"format": "folders", "root": str(tmp_path / "nowhere")},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
+    assert proc.returncode == 2
+    err = proc.stderr.strip()
+    assert err.startswith("error: ") and "nowhere" in err and "\n" not in err
+    assert not (tmp_path / "mlruns.db").exists()
+
+
 def test_bad_space_writes_nothing(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", train={"epochs": 2, "optimiser": "adam"})
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"

@@ -24,6 +24,7 @@ import optuna
 import yaml
 
 from tune_losses.config import ConfigError, apply_overrides, read_yaml
+from tune_losses.data import DataError
 from tune_losses.space import SearchSpace
 
 STATE_FILE = "tune_losses.json"
@@ -303,15 +304,26 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
     return 0 if ok else 1
 
 
+def check_data(space: SearchSpace) -> None:
+    """Read and validate the data files once on the driver, so a bad file stops the search
+    before any run is opened (and fills the class-statistics cache the trials reuse)."""
+    data = space.experiment.data
+    if data.format != "synthetic":
+        from tune_losses.data import build_datasets
+
+        build_datasets(data)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         space = load_space(args)
+        check_data(space)
         if args.dry_run:
             dry_run(space)
             return 0
         return run_search(args, space)
-    except ConfigError as exc:
+    except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 

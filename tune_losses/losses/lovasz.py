@@ -41,7 +41,8 @@ def _sort_groups(
 
     Args:
         errors: float errors, any contiguous shape; >= 0 where kept (any value where ignored).
-        fg: bool foreground, shape of ``errors``, False where ignored.
+        fg: foreground as 0/1 (int32 for float32 errors), shape of ``errors``, 0 where
+            ignored.
         invalid: bool ignored mask, broadcastable to ``errors``.
         group: int64 group id per element (broadcastable), ``n_groups`` groups of equal size.
         at_most_one: every error is in [0, 1] (softmax errors): the packed error and
@@ -49,7 +50,7 @@ def _sort_groups(
 
     Returns:
         ``(perm, fg_sorted)``: ``perm`` [G*N] flat positions in ``errors`` in sorted order,
-        ``fg_sorted`` [G,N] the foreground flags in that order (0/1, integer or bool).
+        ``fg_sorted`` [G,N] the foreground flags in that order (0/1, integer).
     """
     flat_fg = fg.reshape(-1)
     if errors.dtype != torch.float32:
@@ -69,17 +70,18 @@ def _sort_groups(
         key.bitwise_and_(0xFFFFFFFF).add_(invalid.to(torch.int64) << 32)
         group = group * 2
     del low
-    key = key.add_(group << 32).view(-1)
+    key = key.add_(group << 32).view(-1)  # torch.sort takes a radix sort for 1-D int64
     perm = torch.empty_like(key)
     torch.sort(key, out=(key, perm))
     return perm, key.bitwise_and_(1).view(n_groups, -1)
 
 
-def lovasz_gradient(fg_sorted: Tensor, dtype: torch.dtype) -> Tensor:
+def lovasz_gradient(fg_sorted: Tensor, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
     """``g_k = J_k - J_{k-1}`` per group from the sorted foreground flags [G,N] (eq. 9).
 
     ``J_k = 1 - (G - F_k) / (G - F_k + k)``; counts are exact in float32 below 2^24 pixels
-    per group, float64 above.
+    per group, float64 above. Returns ``(g, G)``: [G,N] in ``dtype`` and the foreground
+    count [G] of each group.
     """
     n = fg_sorted.shape[1]
     count_dtype = dtype if n < 2**24 or dtype == torch.float64 else torch.float64
@@ -91,18 +93,20 @@ def lovasz_gradient(fg_sorted: Tensor, dtype: torch.dtype) -> Tensor:
     ratio = inter.div_(grad)  # 1 - J_k
     torch.sub(ratio[:, :-1], ratio[:, 1:], out=grad[:, 1:])
     torch.sub(1.0, ratio[:, :1], out=grad[:, :1])
-    return grad.to(dtype)
+    return grad.to(dtype), total.squeeze(1)
 
 
 def _lovasz_weights(
     errors: Tensor, fg: Tensor, invalid: Tensor, group: Tensor, n_groups: int, at_most_one: bool
-) -> tuple[Tensor, Tensor, Tensor]:
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Sorted-order Lovasz gradient of every group, with what is needed to scatter it back.
 
-    Returns ``(perm, grad, fg_sorted)``: see :func:`_sort_groups` and :func:`lovasz_gradient`.
+    Returns ``(perm, grad, fg_sorted, fg_count)``: see :func:`_sort_groups` and
+    :func:`lovasz_gradient`.
     """
     perm, fg_sorted = _sort_groups(errors, fg, invalid, group, n_groups, at_most_one)
-    return perm, lovasz_gradient(fg_sorted, errors.dtype), fg_sorted
+    grad, fg_count = lovasz_gradient(fg_sorted, errors.dtype)
+    return perm, grad, fg_sorted, fg_count
 
 
 class _GroupDot(torch.autograd.Function):
@@ -145,34 +149,37 @@ def _lovasz_softmax(
     k = ids.numel()
     p = probs.reshape(b, k, h * w)
     invalid = ~prep.valid.reshape(b, 1, h * w)
+    # Same-dtype comparisons (float and int32 one-hot) vectorise; bool outputs do not.
     labels = prep.target.reshape(b, 1, h * w).masked_fill(invalid, -1)
-    fg = labels == ids.view(1, k, 1)
-    if per_image:
-        group = torch.arange(b * k, device=device).view(b, k, 1)
-    else:
-        group = torch.arange(k, device=device).view(1, k, 1)
+    fg_int = torch.eq(
+        labels.int(), ids.int().view(1, k, 1), out=p.new_empty(p.shape, dtype=torch.int32)
+    )
     n_groups = b * k if per_image else k
+    group = torch.arange(n_groups, device=device).view(-1 if per_image else 1, k, 1)
     with torch.no_grad():
-        errors = torch.sub(p, fg.to(p.dtype)).abs_()
-        perm, grad, fg_sorted = _lovasz_weights(errors, fg, invalid, group, n_groups, True)
+        errors = torch.eq(
+            labels.to(p.dtype), ids.to(p.dtype).view(1, k, 1), out=torch.empty_like(p)
+        )
+        errors = torch.sub(p, errors, out=errors).abs_()
+        perm, grad, fg_sorted, fg_count = _lovasz_weights(
+            errors, fg_int, invalid, group, n_groups, True
+        )
+        del fg_int
         fg_part = torch.mul(grad, fg_sorted)
         fg_sum = fg_part.sum(dim=1)
         grad.sub_(fg_part, alpha=2.0)  # w (1 - 2 y), still in sorted order
         del fg_part, fg_sorted
-        signed = errors.view(-1).index_copy_(0, perm, grad.view(-1)).view(p.shape)
+        signed = errors.view(-1).scatter_(0, perm, grad.view(-1)).view(p.shape)
         del perm, grad
-    dots = _GroupDot.apply(p, signed, per_image)
-    losses = dots.reshape(-1) + fg_sum
-    kept = ~invalid.reshape(b, h * w)
-    has_fg = fg.any(dim=2)  # [b, k]
+    losses = _GroupDot.apply(p, signed, per_image).reshape(-1) + fg_sum
+    has_fg = fg_count > 0
     if per_image:
-        selected = kept.any(dim=1, keepdim=True).expand(b, k).reshape(-1)
-        if classes == "present":
-            selected = selected & has_fg.reshape(-1)
+        kept = prep.valid.reshape(b, h * w).any(dim=1)
+        selected = kept.view(b, 1).expand(b, k).reshape(-1)
     else:
-        selected = kept.any().expand(k)
-        if classes == "present":
-            selected = selected & has_fg.any(dim=0)
+        selected = prep.valid.any().expand(k)
+    if classes == "present":
+        selected = selected & has_fg
     if not per_image:
         return masked_mean(losses, selected)
     losses, selected = losses.view(b, k), selected.view(b, k)
@@ -197,8 +204,9 @@ def _lovasz_hinge(prep: Prepared, *, per_image: bool = False) -> Tensor:
     group = torch.arange(groups, device=errors.device).view(groups, 1)
     with torch.no_grad():
         detached = errors.detach().contiguous()
-        perm, grad, _ = _lovasz_weights(detached, fg, ~valid, group, groups, False)
-        weights = torch.empty_like(detached).view(-1).index_copy_(0, perm, grad.view(-1))
+        fg_int = fg.to(torch.int32)
+        perm, grad, _, _ = _lovasz_weights(detached, fg_int, ~valid, group, groups, False)
+        weights = torch.empty_like(detached).view(-1).scatter_(0, perm, grad.view(-1))
     losses = (errors * weights.view(errors.shape)).sum(dim=1)
     return masked_mean(losses, valid.any(dim=1))
 

@@ -337,6 +337,87 @@ def test_autocast_bfloat16_computes_in_float32(name, batch):
     torch.testing.assert_close(from_float, TERMS[name](logits, batch[1]), rtol=1e-6, atol=0)
 
 
+# ----------------------------------------------------------------- custom autograd Functions
+
+
+@pytest.mark.parametrize("chunk", [1 << 18, 40])  # 40: blocks of one image, a few classes
+def test_sobel_function_gradcheck_and_conv_reference(monkeypatch, chunk):
+    from tune_losses.losses import _functional
+
+    monkeypatch.setattr(_functional, "_SOBEL_CHUNK", chunk)
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.rand(2, 5, 4, 6, generator=gen, dtype=torch.float64) * 0.1).requires_grad_()
+    assert torch.autograd.gradcheck(_functional._SobelSum.apply, (x,), atol=1e-8)
+    torch.testing.assert_close(_functional.sobel_magnitude(x), sobel_ref(x))
+    weight = torch.rand(2, 4, 6, generator=gen, dtype=torch.float64)
+    (got,) = torch.autograd.grad((_functional._SobelSum.apply(x) * weight).sum(), x)
+    (want,) = torch.autograd.grad((sobel_ref(x) * 8 * weight).sum(), x)  # no clamp: sum < 8
+    torch.testing.assert_close(got, want)
+
+
+def test_sobel_function_flat_input_has_zero_gradient():
+    from tune_losses.losses._functional import _SobelSum
+
+    x = torch.ones(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(_SobelSum.apply(x).sum(), x)
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.parametrize("chunk", [1 << 18, 40])
+def test_label_edges_match_conv_reference(batch, monkeypatch, chunk):
+    from tune_losses.losses import _functional
+
+    monkeypatch.setattr(_functional, "_SOBEL_CHUNK", chunk)
+    logits, target = batch
+    prep = _functional.Prepared(logits, target, IGNORE)
+    _, y, valid, _ = ref_probs(logits, target)
+    torch.testing.assert_close(prep.label_edges, sobel_ref(y))
+    kept = F.max_pool2d((~valid)[:, None].double(), 3, 1, 1)[:, 0] == 0
+    assert torch.equal(prep.edge_kept, kept)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_group_dot_gradcheck(per_image):
+    from tune_losses.losses.lovasz import _GroupDot
+
+    gen = torch.Generator().manual_seed(4)
+    p = torch.rand(2, 3, 7, generator=gen, dtype=torch.float64).requires_grad_()
+    w = torch.randn(2, 3, 7, generator=gen, dtype=torch.float64)
+    assert torch.autograd.gradcheck(lambda x: _GroupDot.apply(x, w, per_image), (p,))
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{}, {"per_image": True}, {"classes": "all"}, {"classes": [2, 0], "per_image": True}]
+)
+def test_lovasz_float32_packed_sort_matches_float64(kwargs):
+    """The float32 path (one radix sort of packed int64 keys) against the float64 path."""
+    gen = torch.Generator().manual_seed(5)
+    logits = torch.randn(3, 5, 16, 12, generator=gen, dtype=torch.float64) * 3
+    logits[1, :, :4] = 0.0  # a block of exactly tied errors
+    target = torch.randint(0, 4, (3, 16, 12), generator=gen)  # class 4 absent
+    target[0, :5, :5] = IGNORE
+    target[2] = IGNORE  # an all-ignored image
+    x64 = logits.clone().requires_grad_()
+    x32 = logits.float().requires_grad_()
+    want = lovasz_softmax(x64, target, **kwargs)
+    got = lovasz_softmax(x32, target, **kwargs)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+    (g64,) = torch.autograd.grad(want, x64)
+    (g32,) = torch.autograd.grad(got, x32)
+    torch.testing.assert_close(g32[:, :, 4:], g64[:, :, 4:].float(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("per_image", [False, True])
+def test_lovasz_hinge_float32_matches_float64(per_image):
+    gen = torch.Generator().manual_seed(6)
+    logits = torch.randn(2, 1, 9, 8, generator=gen, dtype=torch.float64) * 4
+    target = torch.randint(0, 2, (2, 9, 8), generator=gen)
+    target[1, :3] = IGNORE
+    want = lovasz_hinge(logits, target, per_image=per_image)
+    got = lovasz_hinge(logits.float(), target, per_image=per_image)
+    assert got.item() == pytest.approx(want.item(), rel=1e-6)
+
+
 # ----------------------------------------------------------------- registry, checks, weights
 
 

@@ -11,15 +11,18 @@ The extension is piecewise linear, so its gradient with respect to the errors is
 scattered back to the unsorted order (paper, eq. 9 and Alg. 1); it is built without autograd
 through the sort.
 
-Sorting is the cost. Every group is sorted in one call, group-major with errors decreasing
-inside a group; ignored pixels go last in their group, where ``g`` is exactly 0 (once every
-kept pixel is among the first ``k``, the foreground not yet seen is 0, so ``J_k = 1``
-stays flat). For float32 errors the order comes from one ascending sort of a packed int64
-key ``group << 32 | rank-bits of the error << 1 | foreground``: non-negative IEEE floats
-order like their bit patterns, integer keys take torch's radix sort on CPU (about 2.5x
+Sorting is the cost. The groups are sorted group-major, errors decreasing inside a group;
+ignored pixels go last in their group, where ``g`` is exactly 0 (once every kept pixel is
+among the first ``k``, the foreground not yet seen is 0, so ``J_k = 1`` stays flat). For
+float32 errors the order comes from one ascending sort of a packed int64 key
+``group << 32 | rank-bits of the error << 1 | foreground``: non-negative IEEE floats order
+like their bit patterns, a 1-D integer key takes torch's radix sort on CPU (about 2.5x
 faster than a batched float sort of the same errors), and the sorted keys carry the
-foreground flags, so no gather by the permutation is needed. Other dtypes (float64, for
-``gradcheck``) use two stable sorts (by error, then by group).
+foreground flags, so no gather by the permutation is needed. The radix sort needs 32 bytes
+per element, so Lovasz-Softmax sorts its classes in ``_SORT_BLOCKS`` blocks (a fixed number
+of sorts, each over several classes and all images, not a loop per class); smaller blocks
+also stay closer to the cache. Other dtypes (float64, for ``gradcheck``) use two stable
+sorts (by error, then by group).
 """
 
 from __future__ import annotations
@@ -32,6 +35,9 @@ from .registry import register_loss
 
 _INF_BITS = 0x7F800000  # bit pattern of float32 +inf: every finite error >= 0 is below it
 _ONE_BITS = 0x3F800000  # bit pattern of 1.0: softmax errors |y - p| are at most 1
+# The radix sort holds 32 bytes per element (keys, indices and a copy of both): sorting the
+# classes in this many blocks keeps that within about twice the size of the probabilities.
+_SORT_BLOCKS = 4
 
 
 def _sort_groups(
@@ -41,35 +47,35 @@ def _sort_groups(
 
     Args:
         errors: float errors, any contiguous shape; >= 0 where kept (any value where ignored).
-        fg: foreground as 0/1 (int32 for float32 errors), shape of ``errors``, 0 where
-            ignored.
+        fg: int32 foreground (0/1) of the shape of ``errors``, 0 where ignored; for float32
+            errors its storage is reused for the key (overwritten).
         invalid: bool ignored mask, broadcastable to ``errors``.
         group: int64 group id per element (broadcastable), ``n_groups`` groups of equal size.
-        at_most_one: every error is in [0, 1] (softmax errors): the packed error and
-            foreground then fit in 31 bits.
+        at_most_one: every error is in [0, 1] (softmax errors): error rank and foreground
+            then fit in 31 bits.
 
     Returns:
         ``(perm, fg_sorted)``: ``perm`` [G*N] flat positions in ``errors`` in sorted order,
         ``fg_sorted`` [G,N] the foreground flags in that order (0/1, integer).
     """
-    flat_fg = fg.reshape(-1)
     if errors.dtype != torch.float32:
         masked = errors.masked_fill(invalid, -1.0).reshape(-1)
         order = torch.sort(masked, descending=True, stable=True).indices
         groups = group.expand(errors.shape).reshape(-1)[order]
         order = order[torch.sort(groups, stable=True).indices]
-        return order, flat_fg[order].view(n_groups, -1)
+        return order, fg.reshape(-1)[order].view(n_groups, -1)
     bits = errors.view(torch.int32)
-    # low 32 bits: 2 (top - bits) + fg, increasing as the error decreases.
-    low = torch.sub(_ONE_BITS if at_most_one else _INF_BITS, bits).mul_(2).add_(fg)
-    if at_most_one:  # at most 2^31 - 127: ignored pixels get 2^31 - 2, after every kept one
+    key = torch.empty(errors.shape, dtype=torch.int64, device=errors.device)
+    if at_most_one:
+        # 2 (bits(1.0) - bits) + fg < 2^31 - 1, in place in fg; ignored pixels: 2^31 - 2.
+        low = fg.sub_(bits, alpha=2).add_(2 * _ONE_BITS)
         low.bitwise_or_(invalid.to(torch.int32).mul_(0x7FFFFFFE))
-        key = torch.empty(errors.shape, dtype=torch.int64, device=errors.device).copy_(low)
-    else:
-        key = torch.empty(errors.shape, dtype=torch.int64, device=errors.device).copy_(low)
-        key.bitwise_and_(0xFFFFFFFF).add_(invalid.to(torch.int64) << 32)
+        key.copy_(low)
+        del low
+    else:  # any float32 error >= 0: 2 (bits(inf) - bits) + fg needs 32 bits
+        key.copy_(bits).mul_(-2).add_(fg).add_(2 * _INF_BITS)
+        key.add_(invalid.to(torch.int64) << 32)
         group = group * 2
-    del low
     key = key.add_(group << 32).view(-1)  # torch.sort takes a radix sort for 1-D int64
     perm = torch.empty_like(key)
     torch.sort(key, out=(key, perm))
@@ -150,29 +156,36 @@ def _lovasz_softmax(
     p = probs.reshape(b, k, h * w)
     invalid = ~prep.valid.reshape(b, 1, h * w)
     # Same-dtype comparisons (float and int32 one-hot) vectorise; bool outputs do not.
-    labels = prep.target.reshape(b, 1, h * w).masked_fill(invalid, -1)
-    fg_int = torch.eq(
-        labels.int(), ids.int().view(1, k, 1), out=p.new_empty(p.shape, dtype=torch.int32)
-    )
-    n_groups = b * k if per_image else k
-    group = torch.arange(n_groups, device=device).view(-1 if per_image else 1, k, 1)
+    labels = prep.target.reshape(b, 1, h * w).masked_fill(invalid, -1).int()
+    labels_f = labels.to(p.dtype)
+    signed = torch.empty_like(p)
+    fg_sum = p.new_empty(b, k) if per_image else p.new_empty(k)
+    fg_count = torch.empty_like(fg_sum)
+    step = -(-k // _SORT_BLOCKS)
     with torch.no_grad():
-        errors = torch.eq(
-            labels.to(p.dtype), ids.to(p.dtype).view(1, k, 1), out=torch.empty_like(p)
-        )
-        errors = torch.sub(p, errors, out=errors).abs_()
-        perm, grad, fg_sorted, fg_count = _lovasz_weights(
-            errors, fg_int, invalid, group, n_groups, True
-        )
-        del fg_int
-        fg_part = torch.mul(grad, fg_sorted)
-        fg_sum = fg_part.sum(dim=1)
-        grad.sub_(fg_part, alpha=2.0)  # w (1 - 2 y), still in sorted order
-        del fg_part, fg_sorted
-        signed = errors.view(-1).scatter_(0, perm, grad.view(-1)).view(p.shape)
-        del perm, grad
-    losses = _GroupDot.apply(p, signed, per_image).reshape(-1) + fg_sum
-    has_fg = fg_count > 0
+        for start in range(0, k, step):
+            block = slice(start, min(k, start + step))
+            block_ids = ids[block].view(1, -1, 1)
+            kb = block_ids.shape[1]
+            n_groups = b * kb if per_image else kb
+            group = torch.arange(n_groups, device=device).view(-1 if per_image else 1, kb, 1)
+            shape = (b, kb, h * w)
+            fg = torch.eq(labels, block_ids.int(), out=p.new_empty(shape, dtype=torch.int32))
+            errors = torch.eq(labels_f, block_ids.to(p.dtype), out=p.new_empty(shape))
+            errors = torch.sub(p[:, block], errors, out=errors).abs_()
+            perm, grad, fg_sorted, count = _lovasz_weights(
+                errors, fg, invalid, group, n_groups, True
+            )
+            del fg
+            fg_part = torch.mul(grad, fg_sorted)
+            fg_sum[..., block] = fg_part.sum(dim=1).view(-1, kb).squeeze(0)
+            fg_count[..., block] = count.view(-1, kb).squeeze(0)
+            grad.sub_(fg_part, alpha=2.0)  # w (1 - 2 y), still in sorted order
+            del fg_part, fg_sorted
+            signed[:, block] = errors.view(-1).scatter_(0, perm, grad.view(-1)).view(shape)
+            del perm, grad, errors
+    losses = (_GroupDot.apply(p, signed, per_image) + fg_sum).reshape(-1)
+    has_fg = fg_count.reshape(-1) > 0
     if per_image:
         kept = prep.valid.reshape(b, h * w).any(dim=1)
         selected = kept.view(b, 1).expand(b, k).reshape(-1)
@@ -206,6 +219,7 @@ def _lovasz_hinge(prep: Prepared, *, per_image: bool = False) -> Tensor:
         detached = errors.detach().contiguous()
         fg_int = fg.to(torch.int32)
         perm, grad, _, _ = _lovasz_weights(detached, fg_int, ~valid, group, groups, False)
+        del fg_int
         weights = torch.empty_like(detached).view(-1).scatter_(0, perm, grad.view(-1))
     losses = (errors * weights.view(errors.shape)).sum(dim=1)
     return masked_mean(losses, valid.any(dim=1))

@@ -226,7 +226,9 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
             )
     try:
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        ray.init(address=args.address, ignore_reinit_error=True, log_to_driver=False)
+        # "local" starts a fresh instance even where `ray start` left a cluster address behind
+        address = args.address or "local"
+        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
         trainable = tune.with_resources(
             train_trial, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
         )

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import os
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -229,6 +230,9 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
         # "local" starts a fresh instance even where `ray start` left a cluster address behind
         address = args.address or "local"
         ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        # after ray.init, which installs its own: a SIGTERM (a job scheduler, a timeout)
+        # ends the search like Ctrl-C, runs KILLED and the state saved for --resume
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         trainable = tune.with_resources(
             train_trial, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
         )
@@ -328,6 +332,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ConfigError, DataError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -164,6 +164,7 @@ class Trainer:
             metrics.update(logits.argmax(1), masks)
         res = metrics.compute()
         out = {f"val/{k}": float(v) for k, v in res.items() if isinstance(v, int | float)}
+        out["val/excluded_classes"] = float(len(res["excluded_classes"]))
         for name, iou in zip(self.info.class_names, res["iou_per_class"], strict=True):
             if not math.isnan(iou):
                 out[f"val/IoU/{name}"] = float(iou)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -84,9 +85,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         plot_confusion_matrix(summary["confmat"], info.class_names, out / "confmat.png")
         plot_per_class_iou(summary["iou_per_class"], info.class_names, out / "iou.png")
-    per_class = zip(info.class_names, summary["iou_per_class"], strict=True)
+    ious = dict(zip(info.class_names, summary["iou_per_class"], strict=True))
     print(f"best val mIoU {summary['best_val_mIoU']:.2f} at epoch {summary['best_epoch']}")
-    print("per-class IoU: " + ", ".join(f"{n} {v:.1f}" for n, v in per_class))
+    print("per-class IoU: " + ", ".join(f"{n} {v:.1f}" for n, v in ious.items()))
+    absent = [name for name, iou in ious.items() if math.isnan(iou)]
+    if absent:
+        print(f"excluded from the means (in neither labels nor predictions): {', '.join(absent)}")
     return 0
 
 

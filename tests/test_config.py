@@ -39,6 +39,9 @@ def test_defaults_make_a_loss_only_file_valid() -> None:
         ({"model": {"arch": "Unett"}}, "model.arch: unknown SMP architecture 'Unett'"),
         ({"model": {"encoder": "resnet19"}}, "did you mean"),
         ({"data": {"format": "folders"}}, "data.root is required"),
+        ({"data": {"augment": {"crop": [100, 96]}}}, "augment.crop [100, 96] must be a multiple"),
+        ({"data": {"augment": {"scale": [2, 1]}}}, "data.augment.scale: expected [low, high]"),
+        ({"search": {"metric": "val/miou"}}, "search.metric: unknown metric 'val/miou'"),
         ({"loss": {"decode": {"focl": {"weight": 1}}}}, "loss.decode.focl: unknown loss 'focl'"),
         ({"loss": {"decode": {"focal": {"gama": 2}}}}, "loss.decode.focal.gama: Extra inputs"),
         ({"loss": {"decode": {"focal": {"gamma": "x"}}}}, "loss.decode.focal.gamma:"),
@@ -77,6 +80,19 @@ def test_schedules_and_term_by_dotted_path_validate() -> None:
     exp = validate_experiment(raw)
     assert exp.loss["decode"]["mine"]["term"] == "tune_losses.losses:dice"
     assert exp.loss["aux"]["lovasz"]["weight"]["milestones"] == [0.7]
+
+
+def test_relative_paths_become_absolute(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # trials run in their own folders (Ray changes directory), so paths resolve here, once
+    monkeypatch.chdir(tmp_path)
+    exp = validate_experiment(
+        {
+            "data": {"format": "folders", "root": "data/camvid"},
+            "model": {"encoder_weights": "w.pth"},
+        }
+    )
+    assert exp.data.root == tmp_path / "data" / "camvid"
+    assert exp.model.encoder_weights == str(tmp_path / "w.pth")
 
 
 def test_a_null_term_is_switched_off() -> None:

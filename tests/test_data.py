@@ -344,7 +344,8 @@ def test_data_error_is_value_error() -> None:
 
 def test_train_transform_keeps_label_set(tmp_path: Path) -> None:
     root = make_folders(tmp_path)
-    cfg = folders_cfg(root, augment={"scale": (0.5, 1.7), "crop": (24, 36), "color_jitter": 0.4})
+    augment = {"scale": (0.5, 1.7), "crop": (24, 36), "color_jitter": 0.4}
+    cfg = folders_cfg(root, augment=augment, pad_multiple=4)
     train_ds, _, _ = build_datasets(cfg)
     seen: set[int] = set()
     for _ in range(4):

@@ -9,6 +9,7 @@ import torch
 from conftest import tiny_experiment
 from tune_losses.config import validate_experiment
 from tune_losses.engine import Trainer, resolve_amp, resolve_device
+from tune_losses.metrics import SegmentationMetrics
 
 
 def test_epochs_report_every_part_weight_and_metric(tiny: dict) -> None:
@@ -88,3 +89,21 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny: dict) -> None:
         for _ in trainer.epochs():
             pass
     assert not math.isnan(trainer.best) or trainer.epoch == 0
+
+
+def test_patience_counts_from_the_last_real_gain(
+    tiny: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Steady gains of 0.9 with min_delta 1.0 add up to real progress: the run goes on
+    (a reference that moved with every small gain would stop it after 3 epochs)."""
+    tiny["train"]["epochs"] = 8
+    tiny["train"]["early_stopping"] = {"patience": 3, "min_delta": 1.0}
+    trainer = Trainer(validate_experiment(tiny))
+    scores = iter([10.0, 10.9, 11.8, 12.7, 13.6, 13.6, 13.6, 13.6])
+    empty = SegmentationMetrics(trainer.info.num_classes)
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda: {"train/loss": 1.0})
+    monkeypatch.setattr(trainer, "evaluate", lambda: ({"val/mIoU": next(scores)}, empty))
+    results = list(trainer.epochs())
+    # gains reset patience at 11.8 (over 10.0) and 13.6 (over 11.8); then 3 flat epochs
+    assert [r["epoch"] for r in results] == [1, 2, 3, 4, 5, 6, 7, 8]
+    assert results[-1]["early_stopped"] == 1.0

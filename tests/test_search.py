@@ -130,9 +130,12 @@ def test_failing_trials_leave_no_run_running(tmp_path: Path) -> None:
         search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo"},
         loss={"decode": {"boom": {"term": "failing_loss:boom", "weight": {"uniform": [0.1, 1]}}}},
     )
+    # fine on the driver's one-image check, fails on a training batch
     (tmp_path / "failing_loss.py").write_text(
         "def boom(logits, target, *, ignore_index=255):\n"
-        "    raise RuntimeError('boom from a user loss')\n"
+        "    if logits.shape[0] > 1:\n"
+        "        raise RuntimeError('boom from a user loss')\n"
+        "    return logits.sum() * 0\n"
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     proc = run_cli(
@@ -161,6 +164,18 @@ def test_bad_data_stops_before_any_run(tmp_path: Path) -> None:
     assert proc.returncode == 2
     err = proc.stderr.strip()
     assert err.startswith("error: ") and "nowhere" in err and "\n" not in err
+    assert not (tmp_path / "mlruns.db").exists()
+
+
+def test_a_loss_that_cannot_run_stops_before_any_run(tmp_path: Path) -> None:
+    space = write_space(
+        tmp_path / "space.yaml",
+        loss={"decode": {"ce": {"weight": 1.0}, "focal": {"weight": 0.5, "gamma": -1.0}}},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
+    assert proc.returncode == 2
+    assert proc.stderr.strip() == f"error: {space}: loss: gamma must be >= 0, got -1.0"
     assert not (tmp_path / "mlruns.db").exists()
 
 
@@ -268,3 +283,12 @@ def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: str) -> N
     starts = sorted(c.info.start_time for c in children)
     ends = sorted(c.info.end_time for c in children)
     assert starts[1] < ends[0]
+
+
+def test_search_module_does_not_import_ray() -> None:
+    """``--address`` sets RAY_AUTH_MODE=token, which Ray reads when it is imported: the CLI
+    module must not import ray before main() runs."""
+    code = "import sys, tune_losses.search; print('ray' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.stdout.strip() == "False", out.stderr

@@ -57,6 +57,13 @@ class AugmentConfig(_Strict):
     hflip: bool = True
     color_jitter: float = Field(0.2, ge=0.0, le=1.0)
 
+    @field_validator("scale")
+    @classmethod
+    def _scale_range(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0.0 < v[0] <= v[1]:
+            raise ValueError(f"expected [low, high] with 0 < low <= high, got {list(v)}")
+        return v
+
 
 class DataConfig(_Strict):
     """Where the images come from and how they are batched."""
@@ -77,10 +84,22 @@ class DataConfig(_Strict):
     batch_size: int = Field(8, ge=1)
     num_workers: int = Field(0, ge=0)
 
+    @field_validator("root")
+    @classmethod
+    def _absolute_root(cls, v: Path | None) -> Path | None:
+        # trials run in their own folders (Ray changes directory): resolve against ours
+        return None if v is None else v.expanduser().absolute()
+
     @model_validator(mode="after")
     def _root_for_files(self) -> DataConfig:
         if self.format != "synthetic" and self.root is None:
             raise ValueError(f"data.root is required for data.format={self.format!r}")
+        crop = self.augment.crop
+        if crop is not None and any(side % self.pad_multiple for side in crop):
+            raise ValueError(
+                f"augment.crop {list(crop)} must be a multiple of "
+                f"data.pad_multiple={self.pad_multiple} (the encoder's output stride)"
+            )
         return self
 
 
@@ -97,6 +116,13 @@ class ModelConfig(_Strict):
     aux_head: bool = True
     aux_stage: int = -2
     aux_channels: int = Field(64, ge=1)
+
+    @field_validator("encoder_weights")
+    @classmethod
+    def _absolute_weights_file(cls, v: str | None) -> str | None:
+        if v is not None and Path(v).suffix in (".pth", ".pt", ".bin"):
+            return str(Path(v).expanduser().absolute())
+        return v
 
     @field_validator("arch")
     @classmethod
@@ -153,11 +179,32 @@ class TrainConfig(_Strict):
 # ----------------------------------------------------------------------------- search
 
 
+SEARCH_METRICS = (
+    "val/mIoU",
+    "val/mDice",
+    "val/pixel_acc",
+    "val/mean_acc",
+    "val/boundary_IoU",
+    "val/boundary_F1",
+    "train/loss",
+)
+
+
 class SearchConfig(_Strict):
     """Ray Tune settings: Optuna TPE proposes, ASHA stops the weak trials."""
 
     metric: str = "val/mIoU"
     mode: Literal["max", "min"] = "max"
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, v: str) -> str:
+        if v not in SEARCH_METRICS and not v.startswith(("val/IoU/", "train/loss")):
+            raise ValueError(
+                f"unknown metric {v!r}; known: {', '.join(SEARCH_METRICS)}, val/IoU/<class>"
+            )
+        return v
+
     num_samples: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
     scheduler: Literal["asha", "fifo"] = "asha"

@@ -109,6 +109,7 @@ class Trainer:
         self.best_epoch = 0
         self.best_confmat: Tensor | None = None
         self.best_per_class: list[float] = []
+        self.reference = -math.inf
         self.bad_epochs = 0
         self.stopped_early = False
 
@@ -180,8 +181,10 @@ class Trainer:
             result.update(val)
             self.epoch += 1
             miou = val["val/mIoU"]
-            if miou > self.best + stop.min_delta:
-                self.bad_epochs = 0
+            # patience counts epochs since the last gain of more than min_delta over the
+            # score that reset it (so small steady gains do not keep a run alive forever)
+            if miou > self.reference + stop.min_delta:
+                self.reference, self.bad_epochs = miou, 0
             else:
                 self.bad_epochs += 1
             if miou > self.best:
@@ -214,6 +217,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "best_confmat": self.best_confmat,
             "best_per_class": self.best_per_class,
+            "reference": self.reference,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
             "torch_rng": torch.get_rng_state(),
@@ -224,7 +228,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
-        for key in ("epoch", "best", "best_epoch", "best_confmat", "best_per_class"):
+        for key in ("epoch", "best", "best_epoch", "best_confmat", "best_per_class", "reference"):
             setattr(self, key, state[key])
         self.bad_epochs, self.stopped_early = state["bad_epochs"], state["stopped_early"]
         torch.set_rng_state(state["torch_rng"])

@@ -17,6 +17,7 @@ import os
 import signal
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -89,9 +90,14 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     search = space.experiment.search
     if space.grid_only:
         return optuna.samplers.GridSampler(space.grid(), seed=search.seed)
-    return optuna.samplers.TPESampler(
-        seed=search.seed, n_startup_trials=search.n_startup_trials, multivariate=True
-    )
+    with warnings.catch_warnings():  # `group` is marked experimental in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=search.seed,
+            n_startup_trials=search.n_startup_trials,
+            multivariate=True,
+            group=True,
+        )
 
 
 def dry_run(space: SearchSpace, n: int = 3) -> None:
@@ -111,8 +117,10 @@ def dry_run(space: SearchSpace, n: int = 3) -> None:
             study.tell(trial, 0.0)
 
 
-def leaderboard(results: Any) -> list[dict[str, Any]]:
+def leaderboard(results: Any, max_epochs: int) -> list[dict[str, Any]]:
     """One row per trial, best first: trial, status, epochs run, best val mIoU, sampled values."""
+    from tune_losses.tracking import stop_reason
+
     rows = []
     for res in results:
         cfg = res.config or {}
@@ -124,7 +132,7 @@ def leaderboard(results: Any) -> list[dict[str, Any]]:
         rows.append(
             {
                 "trial": last.get("trial_id", res.path.rsplit("_", 1)[-1] if res.path else "?"),
-                "status": "ERROR" if res.error else "OK",
+                "status": stop_reason(last, max_epochs, failed=res.error is not None),
                 "epochs": int(last.get("epoch", 0)),
                 "best_val_mIoU": best,
                 **{k: v for k, v in cfg.items() if k != "experiment"},
@@ -175,24 +183,74 @@ def _resume_dir(storage: str, space_file: Path, name: str) -> Path:
     root = Path(storage)
     if name != "latest":
         path = root / name
-        if not (path / STATE_FILE).is_file():
-            raise ConfigError(f"--resume {name}: no search of tune_losses in {root}")
+        if not (path / STATE_FILE).is_file() or not (path / "tuner.pkl").is_file():
+            raise ConfigError(f"--resume {name}: no resumable search of tune_losses in {root}")
         return path
-    found = sorted(root.glob(f"{space_file.stem}-*/{STATE_FILE}"), key=lambda p: p.stat().st_mtime)
+    found = sorted(
+        (
+            p
+            for p in root.glob(f"{space_file.stem}-*/{STATE_FILE}")
+            if (p.parent / "tuner.pkl").is_file()
+        ),
+        key=lambda p: p.stat().st_mtime,
+    )
     if not found:
         raise ConfigError(f"--resume: no earlier search of {space_file} in {root}")
     return found[-1].parent
 
 
-def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
-    """Run (or resume) the search; returns the process exit code."""
-    if args.address:  # Ray 2.60 clusters use token auth; read when ray is imported
-        os.environ.setdefault("RAY_AUTH_MODE", "token")
-    import ray
+def _new_tuner(space: SearchSpace, trainable: Any, name: str, storage: str, logger: Any) -> Any:
+    """Tuner over ``space``: Optuna proposes, ASHA (or FIFO) stops, ``logger`` tracks."""
     from ray import tune
     from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
     from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
+
+    search = space.experiment.search
+    max_epochs = space.max_epochs
+    # Optuna learns from a trial's last report: give it the trial's best so far, so that
+    # an early-stopped trial is not judged by its last (worse) epochs
+    learn_from = "best_val_mIoU" if search.metric == "val/mIoU" else search.metric
+    searcher = OptunaSearch(
+        space=space.define_by_run(),
+        metric=learn_from,
+        mode=search.mode,
+        sampler=make_sampler(space),
+    )
+    if search.scheduler == "asha":
+        scheduler: Any = ASHAScheduler(
+            time_attr="training_iteration",
+            metric=search.metric,
+            mode=search.mode,
+            max_t=max_epochs,
+            grace_period=min(search.grace_period, max_epochs),
+            reduction_factor=search.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    return tune.Tuner(
+        trainable,
+        tune_config=tune.TuneConfig(
+            search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+            scheduler=scheduler,
+            num_samples=space.grid_size() or search.num_samples,
+        ),
+        run_config=tune.RunConfig(
+            name=name,
+            storage_path=storage,
+            callbacks=[logger],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=search.checkpoint_keep),
+            failure_config=tune.FailureConfig(max_failures=1),
+            verbose=0,
+        ),
+    )
+
+
+def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
+    """Run (or resume) the search; returns the process exit code."""
+    import ray
+    from mlflow.exceptions import MlflowException
+    from ray import tune
 
     from tune_losses.tracking import SearchTracker, TrialLogger
     from tune_losses.trainable import train_trial
@@ -211,85 +269,61 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
         state = json.loads((run_dir / STATE_FILE).read_text())
     else:
         name = f"{args.space.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
-        run_dir, state = Path(storage) / name, {}
-
-    tracker = SearchTracker(exp.tracking.uri, exp.tracking.experiment)
-    if state:
-        tracker.reopen(state["parent_run_id"])
-    else:
-        params = {"space_file": str(args.space), "ray_name": name, "storage": storage}
-        params.update({f"search.{k}": v for k, v in search.model_dump().items()})
-        tracker.start(exp.tracking.run_name or name, params, args.space)
-        if "://" not in storage:
-            run_dir.mkdir(parents=True, exist_ok=True)
-            (run_dir / STATE_FILE).write_text(
-                json.dumps({"parent_run_id": tracker.parent_id, "space": str(args.space)})
-            )
+        run_dir = Path(storage) / name
+        state = {
+            "tracking_uri": exp.tracking.uri,
+            "experiment": exp.tracking.experiment,
+            "space": str(args.space),
+            "total": space.grid_size() or search.num_samples,
+            "max_epochs": space.max_epochs,
+        }
+    total, max_epochs = state["total"], state["max_epochs"]
     try:
+        tracker = SearchTracker(state["tracking_uri"], state["experiment"])
+    except MlflowException as exc:
+        raise ConfigError(f"tracking.uri {state['tracking_uri']}: {exc}") from None
+    try:
+        if args.resume:
+            tracker.reopen(state["parent_run_id"])
+        else:
+            params = {"space_file": str(args.space), "ray_name": name, "storage": storage}
+            params.update({f"search.{k}": v for k, v in search.model_dump().items()})
+            tracker.start(exp.tracking.run_name or name, params, args.space)
+            if "://" not in storage:
+                run_dir.mkdir(parents=True, exist_ok=True)
+                state["parent_run_id"] = tracker.parent_id
+                (run_dir / STATE_FILE).write_text(json.dumps(state))
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         # "local" starts a fresh instance even where `ray start` left a cluster address behind
-        address = args.address or "local"
-        ray.init(address=address, ignore_reinit_error=True, log_to_driver=False)
+        ray.init(address=args.address or "local", ignore_reinit_error=True, log_to_driver=False)
         # after ray.init, which installs its own: a SIGTERM (a job scheduler, a timeout)
         # ends the search like Ctrl-C, runs KILLED and the state saved for --resume
         signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
         trainable = tune.with_resources(
             train_trial, {"cpu": search.cpus_per_trial, "gpu": search.gpus_per_trial}
         )
-        max_epochs = exp.train.epochs
-        callbacks = [TrialLogger(tracker, max_epochs)]
-        total = space.grid_size() or search.num_samples
         print(
             f"search {name}: {total} trials, up to {search.max_concurrent} at a time, "
             f"{max_epochs} epochs max; results in {run_dir}",
             flush=True,
         )
-        if state:
+        if args.resume:
             tuner = tune.Tuner.restore(
                 str(run_dir), trainable, resume_unfinished=True, resume_errored=True
             )
         else:
-            searcher = OptunaSearch(
-                space=space.define_by_run(),
-                metric=search.metric,
-                mode=search.mode,
-                sampler=make_sampler(space),
-            )
-            if search.scheduler == "asha":
-                scheduler: Any = ASHAScheduler(
-                    time_attr="training_iteration",
-                    metric=search.metric,
-                    mode=search.mode,
-                    max_t=max_epochs,
-                    grace_period=min(search.grace_period, max_epochs),
-                    reduction_factor=search.reduction_factor,
-                )
-            else:
-                scheduler = FIFOScheduler()
-            tuner = tune.Tuner(
-                trainable,
-                tune_config=tune.TuneConfig(
-                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
-                    scheduler=scheduler,
-                    num_samples=space.grid_size() or search.num_samples,
-                ),
-                run_config=tune.RunConfig(
-                    name=name,
-                    storage_path=storage,
-                    callbacks=callbacks,
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=search.checkpoint_keep),
-                    failure_config=tune.FailureConfig(max_failures=1),
-                    verbose=0,
-                ),
-            )
+            tuner = _new_tuner(space, trainable, name, storage, TrialLogger(tracker, max_epochs))
         results = tuner.fit()
     except KeyboardInterrupt:
         tracker.abort("KILLED")
         raise
+    except ConnectionError as exc:
+        tracker.abort("FAILED")
+        raise ConfigError(f"--address {args.address}: {exc}") from None
     except BaseException:
         tracker.abort("FAILED")
         raise
-    if tracker.open_children():
+    if tracker.open_children() or len(results) < total:
         tracker.abort("KILLED")
         print(
             f"search interrupted; continue it with: python -m tune_losses.search "
@@ -297,8 +331,8 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
             file=sys.stderr,
         )
         return 130
-    rows = leaderboard(results)
-    ok = [r for r in rows if r["status"] == "OK" and r["best_val_mIoU"] == r["best_val_mIoU"]]
+    rows = leaderboard(results, max_epochs)
+    ok = [r for r in rows if r["status"] != "error" and r["best_val_mIoU"] == r["best_val_mIoU"]]
     best_yaml = yaml.safe_dump(ok[0]["_experiment"], sort_keys=False) if ok else None
     best = {"best_val_mIoU": ok[0]["best_val_mIoU"], "best_trial": ok[0]["trial"]} if ok else {}
     tracker.finish(leaderboard_csv(rows), best_yaml, best)
@@ -310,27 +344,57 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
     return 0 if ok else 1
 
 
-def check_data(space: SearchSpace) -> None:
-    """Read and validate the data files once on the driver, so a bad file stops the search
-    before any run is opened (and fills the class-statistics cache the trials reuse)."""
-    data = space.experiment.data
-    if data.format != "synthetic":
-        from tune_losses.data import build_datasets
+def preflight(space: SearchSpace) -> None:
+    """Build once, on the driver, what every trial builds: the data (files read and
+    validated), the model, and the loss mix of every checked variant of the space on one
+    validation image. A bad file or option value then stops the search before any run is
+    opened, as a one-line error, instead of failing every trial."""
+    import torch
 
-        build_datasets(data)
+    from tune_losses.data import build_datasets
+    from tune_losses.losses import LossMix
+    from tune_losses.models import build_model
+
+    exp = space.experiment
+    _, val_ds, info = build_datasets(exp.data)
+    image, mask = val_ds[0]
+    outputs: dict[str, dict[str, torch.Tensor]] = {}
+    for variant in space.variants:
+        key = variant.model.model_dump_json()
+        if key not in outputs:
+            try:
+                model = build_model(variant.model, info.num_classes).eval()
+                with torch.no_grad():
+                    outputs[key] = model(image[None])
+            except (ValueError, TypeError, RuntimeError) as exc:
+                raise ConfigError(f"{space.source}: model: {exc}".splitlines()[0]) from None
+        spec = {
+            h: {k: {**t, "weight": 1.0} for k, t in terms.items()}
+            for h, terms in variant.loss.items()
+        }
+        try:
+            mix = LossMix(
+                spec, ignore_index=info.ignore_index, class_frequencies=info.class_frequencies
+            )
+            mix(outputs[key], mask[None].long(), 0.5)
+        except (ValueError, TypeError, RuntimeError) as exc:
+            raise ConfigError(f"{space.source}: loss: {exc}".splitlines()[0]) from None
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI: validate, preflight, then dry-run or search; returns the exit code."""
     args = build_parser().parse_args(argv)
+    if args.address:  # Ray 2.60 clusters use token auth; set before anything imports ray
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         space = load_space(args)
-        check_data(space)
+        preflight(space)
         if args.dry_run:
             dry_run(space)
             return 0
         return run_search(args, space)
-    except (ConfigError, DataError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -169,16 +169,28 @@ class SearchSpace:
         self._check_every_option()
 
     def _check_every_option(self) -> None:
-        """Validate the tree once per choice option (others at their first), so a typo in
-        any branch is reported at load time rather than in the trial that draws it."""
+        """Validate the tree once per choice option (others at their first), and with every
+        numeric marker at its low and at its high bound, so a bad value in any branch is
+        reported at load time rather than in the trial that draws it."""
         firsts = {name: self._first(name, node) for name, node in self.markers}
-        variants: list[dict[str, Any]] = [firsts]
+        highs = {name: self._last(name, node) for name, node in self.markers}
+        variants: list[dict[str, Any]] = [firsts, highs]
         for name, node in self.markers:
             if marker_of(node) in ("choice", "grid"):
                 for label in _options(name, node):
                     variants.append({**firsts, name: label})
-        for chosen in variants:
+        self.variants = [
             self.validate(_resolve(self.raw, "", lambda n, node, c=chosen: _pick(c, n, node)))
+            for chosen in variants
+        ]
+
+    @staticmethod
+    def _last(name: str, node: Mapping[str, Any]) -> Any:
+        kind = marker_of(node)
+        if kind in ("choice", "grid"):
+            return next(iter(_options(name, node)))
+        _, hi = _bounds(name, node)
+        return int(hi) if kind == "int" else hi
 
     @staticmethod
     def _first(name: str, node: Mapping[str, Any]) -> Any:
@@ -195,7 +207,7 @@ class SearchSpace:
     @property
     def experiment(self) -> Experiment:
         """The search settings and defaults (markers at their first option)."""
-        return self.validate(_resolve(self.raw, "", lambda n, node: _pick({}, n, node)))
+        return self.variants[0]
 
     def sample(self, trial: SuggestTrial) -> dict[str, Any]:
         """Sample every reachable marker through ``trial`` and return the concrete tree."""
@@ -220,7 +232,13 @@ class SearchSpace:
         """Optuna GridSampler's search space (only for a grid-only space)."""
         return {_categorical_name(n, node): list(_options(n, node)) for n, node in self.markers}
 
+    @property
+    def max_epochs(self) -> int:
+        """The most epochs any trial can train (``train.epochs`` may itself be searched)."""
+        return max(v.train.epochs for v in self.variants)
+
     def grid_size(self) -> int:
+        """Number of points of a grid-only space (0 for any other space)."""
         return math.prod(len(v) for v in self.grid().values()) if self.grid_only else 0
 
     def grid_points(self) -> Iterator[dict[str, Any]]:

@@ -57,6 +57,17 @@ def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     return out
 
 
+def stop_reason(last_result: Mapping[str, Any], max_epochs: int, failed: bool) -> str:
+    """How a trial ended: error, early_stopping (patience), completed, or asha (stopped)."""
+    if failed:
+        return "error"
+    if last_result.get("early_stopped"):
+        return "early_stopping"
+    if int(last_result.get("epoch", 0)) >= max_epochs:
+        return "completed"
+    return "asha"
+
+
 class RunLogger:
     """MLflow logging of one ``tune_losses.train`` run (no search, no parent)."""
 
@@ -199,14 +210,7 @@ class SearchTracker:
         if run_id is None:
             return "unknown"
         epochs = int(last_result.get("epoch", 0))
-        if failed:
-            reason = "error"
-        elif last_result.get("early_stopped"):
-            reason = "early_stopping"
-        elif epochs >= max_epochs:
-            reason = "completed"
-        else:
-            reason = "asha"
+        reason = stop_reason(last_result, max_epochs, failed)
         self.client.set_tag(run_id, "stop_reason", reason)
         self.client.set_tag(run_id, "epochs_run", str(epochs))
         if error:

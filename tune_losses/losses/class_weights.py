@@ -53,7 +53,7 @@ def class_weights_from_frequencies(freqs: np.ndarray | Tensor, method: WeightMet
     elif method == "sqrt_inverse":
         w = 1.0 / safe.sqrt()
     elif method == "median_frequency":
-        w = f[seen].median() / safe
+        w = torch.quantile(f[seen], 0.5) / safe  # the mean of the middle two when even
     else:
         raise ValueError(f"unknown class weight method {method!r}; choose one of {WEIGHT_METHODS}")
     w = torch.where(seen, w, torch.zeros_like(w))

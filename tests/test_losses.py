@@ -470,6 +470,13 @@ def test_class_weights(method, raw):
     assert math.isclose(float(got[got > 0].mean()), 1.0, rel_tol=1e-6)
 
 
+def test_median_frequency_with_an_even_class_count_uses_the_true_median():
+    freqs = np.array([0.1, 0.2, 0.3, 0.4])  # median 0.25, not the lower middle value 0.2
+    raw = 0.25 / freqs
+    got = class_weights_from_frequencies(freqs, "median_frequency")
+    np.testing.assert_allclose(got.numpy(), raw / raw.mean(), rtol=1e-6)
+
+
 def test_class_weights_reject_bad_input():
     with pytest.raises(ValueError, match="unknown class weight method"):
         class_weights_from_frequencies(np.ones(3), "log")

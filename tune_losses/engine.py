@@ -224,6 +224,7 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue from :meth:`state_dict`'s output (model, optimiser, schedule, history)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -256,6 +257,7 @@ class Trainer:
         return path
 
     def load(self, directory: str | Path) -> None:
+        """Continue from a checkpoint folder written by :meth:`save`."""
         state = torch.load(
             Path(directory) / STATE_FILE, map_location=self.device, weights_only=False
         )

@@ -94,8 +94,3 @@ def build_model(cfg: ModelConfig, num_classes: int) -> SegModel:
             raise ValueError(f"model.aux_stage: {cfg.aux_stage} not in encoder's {len(channels)}")
         aux = FCNHead(channels[cfg.aux_stage], cfg.aux_channels, num_classes)
     return SegModel(net, aux, cfg.aux_stage)
-
-
-def required_divisor(model: SegModel) -> int:
-    """The input side the model needs to divide (its encoder's output stride)."""
-    return int(getattr(model.net.encoder, "output_stride", 32))

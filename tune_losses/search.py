@@ -33,6 +33,7 @@ STATE_FILE = "tune_losses.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags of ``python -m tune_losses.search`` (README's table)."""
     p = argparse.ArgumentParser(
         prog="python -m tune_losses.search",
         description="Search loss weights and schedules of a segmentation model.",
@@ -144,6 +145,7 @@ def leaderboard(results: Any, max_epochs: int) -> list[dict[str, Any]]:
 
 
 def leaderboard_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The leaderboard as CSV text (the parent run's ``leaderboard.csv``)."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys and not k.startswith("_")]
@@ -155,6 +157,7 @@ def leaderboard_csv(rows: Sequence[dict[str, Any]]) -> str:
 
 
 def print_leaderboard(rows: Sequence[dict[str, Any]]) -> None:
+    """Print the leaderboard as a table (best first)."""
     from rich.console import Console
     from rich.table import Table
 

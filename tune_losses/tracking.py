@@ -71,7 +71,7 @@ def stop_reason(last_result: Mapping[str, Any], max_epochs: int, failed: bool) -
 class RunLogger:
     """MLflow logging of one ``tune_losses.train`` run (no search, no parent)."""
 
-    def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, Any]):
+    def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, Any]) -> None:
         self.client = MlflowClient(tracking_uri=uri)
         found = self.client.get_experiment_by_name(experiment)
         exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
@@ -81,6 +81,7 @@ class RunLogger:
             self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
 
     def log_epoch(self, result: Mapping[str, Any]) -> None:
+        """Log one epoch's numbers at step = epoch."""
         step = int(result.get("epoch", 0))
         ts = int(time.time() * 1000)
         metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
@@ -88,9 +89,11 @@ class RunLogger:
             self.client.log_batch(self.run_id, metrics=metrics[i : i + _BATCH])
 
     def log_artifact(self, path: str | Path) -> None:
+        """Attach a file to the run."""
         self.client.log_artifact(self.run_id, str(path))
 
     def end(self, status: str) -> None:
+        """Close the run with ``status`` (FINISHED, FAILED or KILLED)."""
         self.client.set_terminated(self.run_id, status)
 
 
@@ -170,6 +173,7 @@ class SearchTracker:
 
     # ------------------------------------------------------------------ children
     def trial_started(self, trial_id: str, name: str, config: Mapping[str, Any]) -> None:
+        """Open the trial's child run (or reopen it after a restore): params and config."""
         if trial_id in self.children:  # restored or retried: same run continues
             self.client.update_run(self.children[trial_id], status="RUNNING")
             return
@@ -185,6 +189,7 @@ class SearchTracker:
         self.client.log_text(run_id, text, "trial_config.yaml")
 
     def trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
+        """Log one reported epoch of a trial."""
         run_id = self.children.get(trial_id)
         if run_id is None:
             return
@@ -276,7 +281,9 @@ class TrialLogger(tune.Callback):
         if self.verbose:
             print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
-    def on_trial_start(self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any):
+    def on_trial_start(
+        self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
+    ) -> None:
         self.tracker.trial_started(trial.trial_id, str(trial), trial.config)
         sampled = {k: v for k, v in trial.config.items() if k != "experiment"}
         shown = ", ".join(
@@ -286,7 +293,7 @@ class TrialLogger(tune.Callback):
 
     def on_trial_result(
         self, iteration: int, trials: Sequence[Any], trial: Any, result: dict, **info: Any
-    ):
+    ) -> None:
         self.tracker.trial_result(trial.trial_id, result)
         self._say(
             f"{trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs}"
@@ -312,10 +319,14 @@ class TrialLogger(tune.Callback):
             best = (trial.last_result or {}).get("best_val_mIoU", math.nan)
             self._say(f"{trial.trial_id} ended ({reason}): best val mIoU {best:.2f}")
 
-    def on_trial_complete(self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any):
+    def on_trial_complete(
+        self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
+    ) -> None:
         self._end(trial, failed=False)
 
-    def on_trial_error(self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any):
+    def on_trial_error(
+        self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
+    ) -> None:
         self._end(trial, failed=True)
         text = (_error_text(trial) or "").strip().splitlines()
         self._say(f"{trial.trial_id} failed: {text[-1] if text else 'unknown error'}")

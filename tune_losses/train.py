@@ -21,6 +21,7 @@ from tune_losses.space import flatten
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags of ``python -m tune_losses.train``."""
     p = argparse.ArgumentParser(prog="python -m tune_losses.train", description=__doc__)
     p.add_argument("--config", required=True, type=Path, help="experiment YAML (no markers)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Train one experiment, print each epoch, write the run folder; returns the exit code."""
     args = build_parser().parse_args(argv)
     try:
         exp = load_experiment(args.config, args.overrides)

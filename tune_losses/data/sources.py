@@ -33,7 +33,7 @@ class Source(Protocol):
 class ArraySource:
     """Samples decoded once and kept as uint8 arrays in memory."""
 
-    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], names: list[str]):
+    def __init__(self, images: list[np.ndarray], masks: list[np.ndarray], names: list[str]) -> None:
         self.images, self.masks, self.names = images, masks, names
 
     def __len__(self) -> int:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Literal
 
 import numpy as np
@@ -11,18 +10,6 @@ from torch import Tensor
 
 WeightMethod = Literal["inverse", "sqrt_inverse", "median_frequency"]
 WEIGHT_METHODS: tuple[str, ...] = ("inverse", "sqrt_inverse", "median_frequency")
-
-
-def count_class_pixels(
-    masks: Iterable[Tensor | np.ndarray], num_classes: int, *, ignore_index: int = 255
-) -> np.ndarray:
-    """Pixel count per class over an iterable of label masks (ignored pixels skipped)."""
-    counts = torch.zeros(num_classes, dtype=torch.float64)
-    for mask in masks:
-        labels = torch.as_tensor(mask).flatten().long()
-        labels = labels[(labels != ignore_index) & (labels >= 0) & (labels < num_classes)]
-        counts += torch.bincount(labels, minlength=num_classes).double()
-    return counts.numpy()
 
 
 def class_weights_from_frequencies(freqs: np.ndarray | Tensor, method: WeightMethod) -> Tensor:

@@ -23,7 +23,9 @@ LossFn = Callable[..., Tensor]
 LOSSES: dict[str, LossFn] = {}
 
 
-def register_loss(name: str, *, from_prepared: Callable[..., Tensor] | None = None):
+def register_loss(
+    name: str, *, from_prepared: Callable[..., Tensor] | None = None
+) -> Callable[[LossFn], LossFn]:
     """Decorator: add ``fn`` to :data:`LOSSES` under ``name`` (optionally with its shared form)."""
 
     def decorate(fn: LossFn) -> LossFn:

@@ -106,6 +106,13 @@ def test_space_errors_name_the_field(loss: dict, expected: str) -> None:
     assert str(info.value).startswith("s.yaml: ")
 
 
+def test_upper_bounds_are_validated_and_bound_max_epochs() -> None:
+    with pytest.raises(ConfigError, match="data.augment.color_jitter: Input should be less"):
+        SearchSpace({"data": {"augment": {"color_jitter": {"uniform": [0.5, 2.0]}}}})
+    space = SearchSpace({"train": {"epochs": {"int": [3, 9]}}})
+    assert space.experiment.train.epochs == 3 and space.max_epochs == 9
+
+
 def test_grid_only_space_is_exhaustive() -> None:
     raw = {
         "loss": {

@@ -173,7 +173,7 @@ class SearchSpace:
         numeric marker at its low and at its high bound, so a bad value in any branch is
         reported at load time rather than in the trial that draws it."""
         firsts = {name: self._first(name, node) for name, node in self.markers}
-        highs = {name: self._last(name, node) for name, node in self.markers}
+        highs = {name: self._first(name, node, high=True) for name, node in self.markers}
         variants: list[dict[str, Any]] = [firsts, highs]
         for name, node in self.markers:
             if marker_of(node) in ("choice", "grid"):
@@ -185,20 +185,13 @@ class SearchSpace:
         ]
 
     @staticmethod
-    def _last(name: str, node: Mapping[str, Any]) -> Any:
+    def _first(name: str, node: Mapping[str, Any], *, high: bool = False) -> Any:
+        """A marker's first option, or its low (``high``: its high) bound."""
         kind = marker_of(node)
         if kind in ("choice", "grid"):
             return next(iter(_options(name, node)))
-        _, hi = _bounds(name, node)
-        return int(hi) if kind == "int" else hi
-
-    @staticmethod
-    def _first(name: str, node: Mapping[str, Any]) -> Any:
-        kind = marker_of(node)
-        if kind in ("choice", "grid"):
-            return next(iter(_options(name, node)))
-        lo, _ = _bounds(name, node)
-        return int(lo) if kind == "int" else lo
+        value = _bounds(name, node)[1 if high else 0]
+        return int(value) if kind == "int" else value
 
     def validate(self, concrete: Mapping[str, Any]) -> Experiment:
         """Validate one concrete tree; a ConfigError names the source file and the field."""

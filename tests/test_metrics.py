@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,8 +12,6 @@ from tune_losses.metrics import (
     SegmentationMetrics,
     boundary_band,
     boundary_width,
-    plot_confusion_matrix,
-    plot_per_class_iou,
 )
 
 IGNORE = 255
@@ -332,31 +329,3 @@ def test_boundary_chunks_give_the_same(monkeypatch, random_batch) -> None:
     chunked = SegmentationMetrics(5, boundary_dilation_ratio=0.1)
     chunked.update(logits, target)
     assert_same_results(whole.compute(), chunked.compute())
-
-
-def _imread(path: Path) -> np.ndarray:
-    import matplotlib.image
-
-    return matplotlib.image.imread(path)
-
-
-def test_plot_confusion_matrix_writes_png(tmp_path: Path, hand_case) -> None:
-    preds, target = hand_case
-    m = SegmentationMetrics(3)
-    m.update(preds, target)
-    out = plot_confusion_matrix(m.confmat, ["road", "car", "sky"], tmp_path / "a" / "cm.png")
-    assert out == tmp_path / "a" / "cm.png"
-    assert _imread(out).ndim == 3
-    raw = plot_confusion_matrix(
-        np.eye(2, dtype=int), ["a", "b"], tmp_path / "raw.png", normalize=False
-    )
-    assert _imread(raw).shape[0] > 10
-    with pytest.raises(ValueError, match="class names"):
-        plot_confusion_matrix(m.confmat, ["road"], tmp_path / "bad.png")
-
-
-def test_plot_per_class_iou_writes_png(tmp_path: Path) -> None:
-    out = plot_per_class_iou([80.0, float("nan"), 12.5], ["a", "b", "c"], str(tmp_path / "i.png"))
-    assert isinstance(out, Path) and _imread(out).ndim == 3
-    with pytest.raises(ValueError, match="class names"):
-        plot_per_class_iou([1.0], ["a", "b"], tmp_path / "bad.png")

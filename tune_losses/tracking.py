@@ -230,7 +230,7 @@ class SearchTracker:
 
     def _log_best_epoch(self, run_id: str, directory: Path) -> None:
         from tune_losses.engine import SUMMARY_FILE
-        from tune_losses.metrics import plot_confusion_matrix, plot_per_class_iou
+        from tune_losses.plots import plot_confusion_matrix, plot_per_class_iou
 
         path = directory / SUMMARY_FILE
         if not path.is_file():

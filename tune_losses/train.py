@@ -83,7 +83,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             run.end(status)
     summary = trainer.summary()
     if summary["confmat"] is not None:
-        from tune_losses.metrics import plot_confusion_matrix, plot_per_class_iou
+        from tune_losses.plots import plot_confusion_matrix, plot_per_class_iou
 
         plot_confusion_matrix(summary["confmat"], info.class_names, out / "confmat.png")
         plot_per_class_iou(summary["iou_per_class"], info.class_names, out / "iou.png")

@@ -35,14 +35,14 @@ def _param_value(value: Any) -> str:
     return str(value)[:_PARAM_MAX]
 
 
-def trial_params(config: Mapping[str, Any]) -> dict[str, str]:
+def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """Flat params of one trial: the sampled values plus the resolved config (loss first)."""
     exp = config.get("experiment", {})
     params: dict[str, Any] = {k: v for k, v in config.items() if k != "experiment"}
     for section in ("loss", "model", "train", "data"):
         for key, value in flatten(exp.get(section, {}), section).items():
             params.setdefault(key, value)
-    return {k: _param_value(v) for k, v in params.items()}
+    return params
 
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -68,25 +68,41 @@ def stop_reason(last_result: Mapping[str, Any], max_epochs: int, failed: bool) -
     return "asha"
 
 
+def experiment_id(client: MlflowClient, name: str) -> str:
+    """The id of MLflow experiment ``name``, created if it does not exist yet."""
+    found = client.get_experiment_by_name(name)
+    return found.experiment_id if found else client.create_experiment(name)
+
+
+def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
+    """Log ``params`` as strings, in batches of the size MLflow accepts."""
+    items = [Param(k, _param_value(v)) for k, v in params.items()]
+    for i in range(0, len(items), _BATCH):
+        client.log_batch(run_id, params=items[i : i + _BATCH])
+
+
+def log_result(
+    client: MlflowClient, run_id: str, result: Mapping[str, Any], step: int, ts: int
+) -> None:
+    """Log the numbers of one reported epoch (:func:`numeric_metrics`) at ``step``."""
+    metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
+    for i in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
+
+
 class RunLogger:
     """MLflow logging of one ``tune_losses.train`` run (no search, no parent)."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, Any]) -> None:
         self.client = MlflowClient(tracking_uri=uri)
-        found = self.client.get_experiment_by_name(experiment)
-        exp_id = found.experiment_id if found else self.client.create_experiment(experiment)
+        exp_id = experiment_id(self.client, experiment)
         self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
-        items = [Param(k, _param_value(v)) for k, v in params.items()]
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(self.run_id, params=items[i : i + _BATCH])
+        log_params(self.client, self.run_id, params)
 
     def log_epoch(self, result: Mapping[str, Any]) -> None:
         """Log one epoch's numbers at step = epoch."""
         step = int(result.get("epoch", 0))
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + _BATCH])
+        log_result(self.client, self.run_id, result, step, int(time.time() * 1000))
 
     def log_artifact(self, path: str | Path) -> None:
         """Attach a file to the run."""
@@ -102,11 +118,8 @@ class SearchTracker:
 
     def __init__(self, uri: str, experiment: str) -> None:
         self.client = MlflowClient(tracking_uri=uri)
-        self.uri = uri
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment)
-        )
+        self.uri, self.experiment = uri, experiment
+        self.experiment_id = experiment_id(self.client, experiment)
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}
 
@@ -117,7 +130,7 @@ class SearchTracker:
             self.experiment_id, run_name=run_name, tags={"tune_losses.kind": "search"}
         )
         self.parent_id = run.info.run_id
-        self._log_params(self.parent_id, {k: _param_value(v) for k, v in params.items()})
+        log_params(self.client, self.parent_id, params)
         self.client.log_artifact(self.parent_id, str(space_file), "space")
         return self.parent_id
 
@@ -166,11 +179,6 @@ class SearchTracker:
             raise RuntimeError("SearchTracker.start() was not called")
         return self.parent_id
 
-    def _log_params(self, run_id: str, params: Mapping[str, str]) -> None:
-        items = [Param(k, v) for k, v in params.items()]
-        for i in range(0, len(items), _BATCH):
-            self.client.log_batch(run_id, params=items[i : i + _BATCH])
-
     # ------------------------------------------------------------------ children
     def trial_started(self, trial_id: str, name: str, config: Mapping[str, Any]) -> None:
         """Open the trial's child run (or reopen it after a restore): params and config."""
@@ -184,7 +192,7 @@ class SearchTracker:
         )
         run_id = run.info.run_id
         self.children[trial_id] = run_id
-        self._log_params(run_id, trial_params(config))
+        log_params(self.client, run_id, trial_params(config))
         text = yaml.safe_dump(config.get("experiment", {}), sort_keys=False)
         self.client.log_text(run_id, text, "trial_config.yaml")
 
@@ -194,10 +202,7 @@ class SearchTracker:
         if run_id is None:
             return
         step = int(result.get("training_iteration", result.get("epoch", 0)))
-        ts = int(1000 * float(result.get("timestamp", 0)))
-        metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
+        log_result(self.client, run_id, result, step, int(1000 * float(result.get("timestamp", 0))))
 
     def trial_ended(
         self,
@@ -262,17 +267,14 @@ class TrialLogger(tune.Callback):
         t = self.tracker
         return {
             "uri": t.uri,
-            "experiment_id": t.experiment_id,
+            "experiment": t.experiment,
             "parent_id": t.parent_id,
             "max_epochs": self.max_epochs,
             "verbose": self.verbose,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        tracker = SearchTracker.__new__(SearchTracker)
-        tracker.client = MlflowClient(tracking_uri=state["uri"])
-        tracker.uri, tracker.experiment_id = state["uri"], state["experiment_id"]
-        tracker.parent_id, tracker.children = None, {}
+        tracker = SearchTracker(state["uri"], state["experiment"])
         if state["parent_id"] is not None:
             tracker.reopen(state["parent_id"])
         self.tracker, self.max_epochs, self.verbose = tracker, state["max_epochs"], state["verbose"]

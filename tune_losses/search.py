@@ -144,13 +144,18 @@ def leaderboard(results: Any, max_epochs: int) -> list[dict[str, Any]]:
     return rows
 
 
-def leaderboard_csv(rows: Sequence[dict[str, Any]]) -> str:
-    """The leaderboard as CSV text (the parent run's ``leaderboard.csv``)."""
+def _columns(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """The leaderboard's columns: every row's keys in first-seen order, private ones out."""
     keys: list[str] = []
     for row in rows:
         keys += [k for k in row if k not in keys and not k.startswith("_")]
+    return keys
+
+
+def leaderboard_csv(rows: Sequence[dict[str, Any]]) -> str:
+    """The leaderboard as CSV text (the parent run's ``leaderboard.csv``)."""
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=keys, extrasaction="ignore")
+    writer = csv.DictWriter(buf, fieldnames=_columns(rows), extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
@@ -161,9 +166,7 @@ def print_leaderboard(rows: Sequence[dict[str, Any]]) -> None:
     from rich.console import Console
     from rich.table import Table
 
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys and not k.startswith("_")]
+    keys = _columns(rows)
     table = Table(title="Leaderboard (best val mIoU, %)")
     for key in keys:
         table.add_column(key, overflow="fold")

@@ -21,6 +21,7 @@ demo: venv
 test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 	TUNE_LOSSES_REQUIRE_DATA=$${TUNE_LOSSES_REQUIRE_DATA:-0} $(PY) -m pytest -q
 
 test-fast: venv

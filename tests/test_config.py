@@ -9,6 +9,7 @@ from tune_losses.config import (
     Experiment,
     apply_overrides,
     dump_experiment,
+    flatten,
     load_experiment,
     read_yaml,
     validate_experiment,
@@ -134,3 +135,12 @@ def test_dump_and_load_round_trip(tmp_path: Path, tiny: dict) -> None:
     assert load_experiment(path) == exp
     assert load_experiment(path, ["train.epochs=7"]).train.epochs == 7
     assert isinstance(exp, Experiment)
+
+
+def test_flatten_gives_mlflow_style_keys() -> None:
+    tree = {"loss": {"aux": {"ce": {"weight": {"schedule": "linear", "start": 0.5, "end": 0.1}}}}}
+    assert flatten(tree) == {
+        "loss.aux.ce.weight.schedule": "linear",
+        "loss.aux.ce.weight.start": 0.5,
+        "loss.aux.ce.weight.end": 0.1,
+    }

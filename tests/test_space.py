@@ -1,17 +1,13 @@
 from __future__ import annotations
 
 import contextlib
-from pathlib import Path
 
 import optuna
 import pytest
 
 from conftest import AUX_CE_WEIGHT
 from tune_losses.config import ConfigError
-from tune_losses.search import main
-from tune_losses.space import SearchSpace, flatten
-
-SPACES = sorted((Path(__file__).resolve().parents[1] / "search_spaces").glob("*.yaml"))
+from tune_losses.space import SearchSpace
 
 AUX = {
     "decode": {"ce": {"weight": 1.0}},
@@ -135,29 +131,3 @@ def test_grid_only_space_is_exhaustive() -> None:
             study.tell(trial, 0.0)
     assert seen == {(0.5, True), (0.5, False), (1.0, True), (1.0, False)}
     assert len(list(space.grid_points())) == 4
-
-
-def test_flatten_gives_mlflow_style_keys() -> None:
-    tree = {"loss": {"aux": {"ce": {"weight": {"schedule": "linear", "start": 0.5, "end": 0.1}}}}}
-    assert flatten(tree) == {
-        "loss.aux.ce.weight.schedule": "linear",
-        "loss.aux.ce.weight.start": 0.5,
-        "loss.aux.ce.weight.end": 0.1,
-    }
-
-
-@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
-def test_dry_run_on_every_space_file(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["--space", str(path), "--dry-run"]) == 0
-    out = capsys.readouterr().out
-    assert "valid;" in out and "--- trial 0" in out
-
-
-def test_cli_bad_space_is_one_line_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text("train: {epochs: 0}\n")
-    assert main(["--space", str(bad), "--dry-run"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith(f"error: {bad}: train.epochs:") and "\n" not in err

@@ -37,3 +37,19 @@ def test_train_cli_bad_config_is_one_line(tmp_path: Path, capsys: pytest.Capture
     assert main(["--config", str(config)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("error: ") and "\n" not in err
+
+
+def test_train_cli_loss_that_cannot_run_writes_nothing(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A per-class option of the wrong length only fails inside the term: the preflight
+    batch of ``build_run`` catches it before the run folder exists."""
+    config = tmp_path / "bad.yaml"
+    raw = tiny_experiment()
+    raw["loss"] = {"decode": {"focal": {"weight": 1.0, "alpha": [0.5, 0.5]}}}
+    config.write_text(yaml.safe_dump(raw))
+    out = tmp_path / "run"
+    assert main(["--config", str(config), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {config}: loss: ") and "alpha" in err and "\n" not in err
+    assert not out.exists()

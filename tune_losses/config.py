@@ -458,3 +458,17 @@ def load_experiment(path: str | Path, overrides: Sequence[str] = ()) -> Experime
 def dump_experiment(exp: Experiment) -> str:
     """The experiment as YAML that :func:`load_experiment` reads back to an equal object."""
     return yaml.safe_dump(exp.model_dump(mode="json"), sort_keys=False)
+
+
+def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings (MLflow params are flat)."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}.{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name))
+        elif isinstance(value, list | tuple):
+            out[name] = str(list(value))
+        else:
+            out[name] = value
+    return out

@@ -1,6 +1,11 @@
-"""One training run in plain PyTorch: train an epoch, evaluate, early-stop, checkpoint state.
+"""One training run in plain PyTorch: build it, train an epoch, evaluate, early-stop, checkpoint.
 
-No Ray here: ``trainable.py`` drives :class:`Trainer` for Tune, ``train.py`` from the CLI.
+:func:`build_run` is the one place that turns an :class:`~tune_losses.config.Experiment`
+into data, model and loss mix and checks them together on one batch; :class:`Trainer`, the
+train CLI and the search's preflight all go through it, so a bad value fails the same way
+(a one-line :class:`~tune_losses.config.ConfigError`) before anything is written. No Ray
+and no MLflow here: ``tune/trainable.py`` drives :class:`Trainer` for Tune, ``train.py``
+from the command line.
 """
 
 from __future__ import annotations
@@ -11,7 +16,8 @@ import math
 import random
 import time
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +25,20 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tune_losses.config import Experiment, TrainConfig
-from tune_losses.data import build_loaders
+from tune_losses.config import ConfigError, Experiment, TrainConfig
+from tune_losses.data import DatasetInfo, build_loaders
 from tune_losses.losses import LossMix
 from tune_losses.metrics import SegmentationMetrics
 from tune_losses.models import build_model
 
 STATE_FILE = "state.pt"
 SUMMARY_FILE = "best.json"
+
+
+def read_summary(directory: str | Path) -> dict[str, Any] | None:
+    """The best-epoch summary a checkpoint folder holds (:meth:`Trainer.save`), if any."""
+    path = Path(directory) / SUMMARY_FILE
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def seed_everything(seed: int) -> None:
@@ -66,6 +78,79 @@ def _lr_scheduler(
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _step: 1.0)
 
 
+@dataclass
+class Run:
+    """What one training run is built from: its loaders, model and loss mix."""
+
+    train_loader: torch.utils.data.DataLoader
+    val_loader: torch.utils.data.DataLoader
+    info: DatasetInfo
+    model: nn.Module
+    loss: LossMix
+
+
+def build_run(
+    exp: Experiment,
+    device: torch.device | None = None,
+    data: tuple[torch.utils.data.DataLoader, torch.utils.data.DataLoader, DatasetInfo]
+    | None = None,
+) -> Run:
+    """Data (unless ``data`` is given), model and loss mix of ``exp``, checked on one batch.
+
+    The first validation image goes through the model and every loss term (whatever its
+    weight at that point of training), so a value that only fails inside a term, e.g. a
+    class list longer than the dataset's classes, is a :class:`ConfigError` here rather
+    than a traceback in the first training step.
+    """
+    device = device or torch.device("cpu")
+    cfg = exp.train
+    train_loader, val_loader, info = data or build_loaders(
+        exp.data, device_type=device.type, seed=cfg.seed
+    )
+    try:
+        model = build_model(exp.model, info.num_classes).to(device)
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"model: {exc}".splitlines()[0]) from None
+    try:
+        loss = LossMix(
+            exp.loss, ignore_index=info.ignore_index, class_frequencies=info.class_frequencies
+        ).to(device)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"loss: {exc}".splitlines()[0]) from None
+    image, mask = val_loader.dataset[0]
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            outputs = model(image[None].to(device))
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"model: {exc}".splitlines()[0]) from None
+    finally:
+        model.train(was_training)
+    try:
+        loss.check(outputs, mask[None].long().to(device))
+    except (ValueError, TypeError, RuntimeError) as exc:
+        raise ConfigError(f"loss: {exc}".splitlines()[0]) from None
+    return Run(train_loader, val_loader, info, model, loss)
+
+
+def preflight(experiments: Sequence[Experiment], source: str = "") -> None:
+    """Build and check every experiment of a search on the driver before any trial runs.
+
+    The data is read and validated once per distinct ``data`` section; a bad file or
+    value stops the search as a one-line ConfigError naming ``source``.
+    """
+    data: dict[str, Any] = {}
+    for exp in experiments:
+        key = exp.data.model_dump_json() + f"seed={exp.train.seed}"
+        try:
+            if key not in data:
+                data[key] = build_loaders(exp.data, seed=exp.train.seed)
+            build_run(exp, data=data[key])
+        except ConfigError as exc:
+            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+
+
 class Trainer:
     """Model, loss mix, optimiser and the run's history; iterate :meth:`epochs` to train.
 
@@ -82,17 +167,11 @@ class Trainer:
         seed_everything(cfg.seed)
         self.device = resolve_device(cfg)
         self.amp_dtype = resolve_amp(cfg, self.device)
-        self.train_loader, self.val_loader, self.info = build_loaders(
-            exp.data, device_type=self.device.type, seed=cfg.seed
-        )
-        self.model = build_model(exp.model, self.info.num_classes).to(self.device)
+        run = build_run(exp, self.device)
+        self.train_loader, self.val_loader, self.info = run.train_loader, run.val_loader, run.info
+        self.model, self.loss = run.model, run.loss
         if self.device.type == "cuda" and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.loss = LossMix(
-            exp.loss,
-            ignore_index=self.info.ignore_index,
-            class_frequencies=self.info.class_frequencies,
-        ).to(self.device)
         params = self.model.parameters()
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(

@@ -34,13 +34,12 @@ Example:
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
 import re
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -48,31 +47,20 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-KIND_TAG = "tune_losses.kind"
-PARENT_TAG = "mlflow.parentRunId"  # same as tune_losses.tracking.PARENT_TAG (that module needs Ray)
-CURVE_METRIC = "val/mIoU"
-BEST_METRIC = "best_val_mIoU"
-PARAM_PREFIX = "loss."
+from tune_losses.tracking import (
+    BEST_METRIC,
+    CURVE_METRIC,
+    LEADERBOARD,
+    TrackingError,
+    TrialRecord,
+    find_parent,
+    leaderboard_csv,
+    leaderboard_rows,
+    load_trials,
+    open_client,
+)
+
 MIN_TRIALS = 3
-_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
-
-
-class ReportError(ValueError):
-    """A user error (unknown experiment, run or store): printed as one line, exit code 2."""
-
-
-@dataclass
-class TrialRecord:
-    """One child run of a search, as the report needs it."""
-
-    run_id: str
-    name: str
-    status: str
-    stop_reason: str
-    epochs_run: str
-    best: float
-    params: dict[str, str]
-    history: list[tuple[int, float]] = field(default_factory=list)
 
 
 @dataclass
@@ -132,100 +120,6 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def open_client(uri: str) -> MlflowClient:
-    """An MLflow client on ``uri``; a missing sqlite file is an error, not a new empty store."""
-    if uri.startswith("sqlite:///") and ":memory:" not in uri:
-        path = Path(uri[len("sqlite:///") :])
-        if not path.is_file():
-            raise ReportError(f"no MLflow store at {uri} (file {path} does not exist)")
-    return MlflowClient(tracking_uri=uri)
-
-
-def find_parent(client: MlflowClient, experiment: str, run: str | None = None) -> Run:
-    """The parent run of a search: by id or name, else the latest one of ``experiment``.
-
-    A run id of a search in another experiment is accepted too.
-    """
-    exp = client.get_experiment_by_name(experiment)
-    if exp is None or exp.lifecycle_stage != "active":
-        raise ReportError(f"no experiment {experiment!r} in {client.tracking_uri}")
-    kind = f"tags.`{KIND_TAG}` = 'search'"
-    if run is None:
-        found = client.search_runs(
-            [exp.experiment_id],
-            filter_string=kind,
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
-        if not found:
-            raise ReportError(
-                f"no search in experiment {experiment!r} (no run tagged {KIND_TAG}=search)"
-            )
-        return found[0]
-    parents = _search_all(client, exp.experiment_id, kind)
-    for parent in parents:  # newest first: a reused name means the latest search
-        if run in (parent.info.run_id, parent.info.run_name):
-            return parent
-    if _RUN_ID.match(run):
-        try:
-            other = client.get_run(run)
-        except MlflowException:
-            other = None
-        if other is not None:
-            if other.data.tags.get(KIND_TAG) != "search":
-                raise ReportError(f"run {run} is not a search (no tag {KIND_TAG}=search)")
-            return other
-    raise ReportError(f"no search run with id or name {run!r} in experiment {experiment!r}")
-
-
-def _search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
-    runs: list[Run] = []
-    token = None
-    while True:
-        page = client.search_runs(
-            [experiment_id],
-            filter_string=filter_string,
-            order_by=["attributes.start_time DESC"],
-            max_results=1000,
-            page_token=token,
-        )
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
-    """Every child run of ``parent`` with its ``loss.*`` params and ``val/mIoU`` history."""
-    pid = parent.info.run_id
-    children = _search_all(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{pid}'")
-    trials = []
-    for child in children:
-        by_step: dict[int, float] = {}
-        history = client.get_metric_history(child.info.run_id, CURVE_METRIC)
-        for m in sorted(history, key=lambda m: m.timestamp):  # a retried epoch: keep the last
-            by_step[int(m.step)] = float(m.value)
-        curve = sorted(by_step.items())
-        best = child.data.metrics.get(BEST_METRIC)
-        if best is None:
-            best = max((v for _, v in curve if math.isfinite(v)), default=math.nan)
-        tags = child.data.tags
-        trials.append(
-            TrialRecord(
-                run_id=child.info.run_id,
-                name=child.info.run_name or child.info.run_id[:8],
-                status=child.info.status,
-                stop_reason=tags.get("stop_reason", ""),
-                epochs_run=tags.get("epochs_run", ""),
-                best=float(best),
-                params={k: v for k, v in child.data.params.items() if k.startswith(PARAM_PREFIX)},
-                history=curve,
-            )
-        )
-    trials.sort(key=lambda t: (not math.isfinite(t.best), -t.best if math.isfinite(t.best) else 0))
-    return trials
-
-
 # --------------------------------------------------------------------------- analysis
 
 
@@ -235,25 +129,6 @@ def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
     if len(trials) < 2:
         return keys
     return [k for k in keys if len({t.params.get(k) for t in trials}) > 1]
-
-
-def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
-    """One dict a trial, best first, with every ``loss.*`` param (the CSV's rows)."""
-    keys = sorted({k for t in trials for k in t.params})
-    rows = []
-    for rank, t in enumerate(trials, 1):
-        row: dict[str, Any] = {
-            "rank": rank,
-            "trial": t.name,
-            "run_id": t.run_id,
-            "status": t.status,
-            "stop_reason": t.stop_reason,
-            "epochs_run": t.epochs_run,
-            BEST_METRIC: t.best,
-        }
-        row.update({k: t.params.get(k, "") for k in keys})
-        rows.append(row)
-    return rows
 
 
 def _as_number(text: str) -> float | None:
@@ -352,20 +227,6 @@ def param_importances(trials: Sequence[TrialRecord], seed: int = 0) -> Importanc
 
 
 # --------------------------------------------------------------------------- output
-
-
-def write_leaderboard_csv(rows: Sequence[dict[str, Any]], path: Path) -> Path:
-    """Write the leaderboard rows as CSV (header from the union of the rows' keys)."""
-    keys: list[str] = []
-    for row in rows:
-        keys += [k for k in row if k not in keys]
-    if not keys:
-        keys = ["rank", "trial", "run_id", "status", "stop_reason", "epochs_run", BEST_METRIC]
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
 
 
 def plot_curves(trials: Sequence[TrialRecord], path: Path, title: str = "") -> Path | None:
@@ -505,7 +366,8 @@ def report(
     print_importances(importances)
 
     out.mkdir(parents=True, exist_ok=True)
-    written = [write_leaderboard_csv(leaderboard_rows(trials), out / "leaderboard.csv")]
+    (out / LEADERBOARD).write_text(leaderboard_csv(leaderboard_rows(trials)))
+    written = [out / LEADERBOARD]
     data = {"parent_run_id": parent.info.run_id, "parent_run_name": name}
     data.update(importances.to_json())
     (out / "importances.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -533,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         client = open_client(args.tracking_uri)
         parent = find_parent(client, args.experiment, args.run)
-    except ReportError as exc:
+    except TrackingError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     except MlflowException as exc:

@@ -266,17 +266,3 @@ def _pick(chosen: Mapping[str, Any], name: str, node: Mapping[str, Any]) -> Any:
 def _opts_of(node: Mapping[str, Any]) -> list[Any]:
     raw = next(iter(node.values()))
     return list(raw.values()) if isinstance(raw, Mapping) else list(raw)
-
-
-def flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``; lists become strings (MLflow params are flat)."""
-    out: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = _join(prefix, str(key))
-        if isinstance(value, Mapping) and value:
-            out.update(flatten(value, name))
-        elif isinstance(value, list | tuple):
-            out[name] = str(list(value))
-        else:
-            out[name] = value
-    return out

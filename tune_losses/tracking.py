@@ -1,38 +1,60 @@
-"""MLflow layout of a search: one parent run per search, one child run per trial.
+"""MLflow layout of a search and of a training run: names, writers, readers, leaderboard.
 
-Every write happens on the Ray driver (a Tune callback), so trials need no access to
-the tracking server and a cluster logs to one store. A child run holds the sampled
-values as flat params (``loss.aux.ce.weight.start``), per-epoch metrics (``val/mIoU``,
-``train/loss``, each weighted part, each effective weight), ``best_val_mIoU``, the
-resolved trial config (``trial_config.yaml``) and the best epoch's confusion matrix.
-The parent holds the space file, the leaderboard and the best config.
+One parent run per search (tagged ``tune_losses.kind=search``), one child run per trial
+(tagged ``mlflow.parentRunId`` and ``ray.trial_id``). A child holds the sampled values
+and the resolved config as flat params (``loss.aux.ce.weight.start``), per-epoch metrics
+(``val/mIoU``, ``train/loss``, each weighted part, each effective weight),
+``best_val_mIoU``, ``trial_config.yaml`` and the best epoch's confusion matrix. The parent
+holds the space file, the leaderboard and the best config.
+
+This module is the only owner of those names. It never imports Ray: the search's Tune
+callback (:mod:`tune_losses.tune.callback`) adapts trial events to :class:`SearchTracker`,
+and :mod:`tune_losses.report` reads the same layout back through :func:`load_trials`.
 """
 
 from __future__ import annotations
 
-import json
+import csv
+import io
 import math
+import re
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
-from mlflow.entities import Metric, Param, RunStatus
+from mlflow.entities import Metric, Param, Run, RunStatus
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
-from ray import tune
 
-from tune_losses.space import flatten
+from tune_losses.config import flatten
 
+KIND_TAG = "tune_losses.kind"
 PARENT_TAG = "mlflow.parentRunId"
 TRIAL_TAG = "ray.trial_id"
+STOP_TAG = "stop_reason"
+EPOCHS_TAG = "epochs_run"
+ERROR_TAG = "error"
+BEST_METRIC = "best_val_mIoU"
+CURVE_METRIC = "val/mIoU"
+PARAM_PREFIX = "loss."
+TRIAL_CONFIG = "trial_config.yaml"
+LEADERBOARD = "leaderboard.csv"
+BEST_CONFIG = "best_config.yaml"
 _PARAM_MAX = 6000
 _BATCH = 100
+_PAGE = 1000
+_RUN_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
-def _param_value(value: Any) -> str:
-    return str(value)[:_PARAM_MAX]
+class TrackingError(ValueError):
+    """A user error about the store (unknown experiment, run or file): one line, exit 2."""
+
+
+# --------------------------------------------------------------------------- writing
 
 
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -46,9 +68,9 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers of a Tune result worth plotting (ours, not Ray's bookkeeping)."""
+    """The numbers of an epoch's result worth plotting (ours, not Ray's bookkeeping)."""
     keep = ("train/", "val/", "weight/", "time/")
-    extra = ("lr", "best_val_mIoU", "best_epoch", "epoch")
+    extra = ("lr", BEST_METRIC, "best_epoch", "epoch")
     out = {}
     for key, value in result.items():
         if (key.startswith(keep) or key in extra) and isinstance(value, int | float):
@@ -68,41 +90,57 @@ def stop_reason(last_result: Mapping[str, Any], max_epochs: int, failed: bool) -
     return "asha"
 
 
-def experiment_id(client: MlflowClient, name: str) -> str:
-    """The id of MLflow experiment ``name``, created if it does not exist yet."""
-    found = client.get_experiment_by_name(name)
-    return found.experiment_id if found else client.create_experiment(name)
+class _Writer:
+    """An MLflow client on one store and experiment, with batched params and metrics."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri, self.experiment = uri, experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment)
+        )
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log ``params`` as strings, in batches of the size MLflow accepts."""
+        items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, params=items[i : i + _BATCH])
+
+    def log_metrics(self, run_id: str, result: Mapping[str, Any], step: int, ts: int) -> None:
+        """Log the numbers of one epoch (:func:`numeric_metrics`) at ``step``."""
+        metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
+
+    def log_best_epoch(self, run_id: str, summary: Mapping[str, Any]) -> None:
+        """The best epoch's summary (engine's ``Trainer.summary``) as JSON and plots."""
+        from tune_losses.plots import plot_confusion_matrix, plot_per_class_iou
+
+        summary = dict(summary)
+        names = summary["class_names"]
+        self.client.log_dict(run_id, summary.pop("loss_setup", {}), "loss_setup.json")
+        self.client.log_dict(run_id, summary, "best_epoch.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            if summary.get("confmat") is not None:
+                png = plot_confusion_matrix(summary["confmat"], names, Path(tmp) / "confmat.png")
+                self.client.log_artifact(run_id, str(png), "best_epoch")
+            if summary.get("iou_per_class"):
+                png = plot_per_class_iou(summary["iou_per_class"], names, Path(tmp) / "iou.png")
+                self.client.log_artifact(run_id, str(png), "best_epoch")
 
 
-def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log ``params`` as strings, in batches of the size MLflow accepts."""
-    items = [Param(k, _param_value(v)) for k, v in params.items()]
-    for i in range(0, len(items), _BATCH):
-        client.log_batch(run_id, params=items[i : i + _BATCH])
-
-
-def log_result(
-    client: MlflowClient, run_id: str, result: Mapping[str, Any], step: int, ts: int
-) -> None:
-    """Log the numbers of one reported epoch (:func:`numeric_metrics`) at ``step``."""
-    metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
-    for i in range(0, len(metrics), _BATCH):
-        client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
-
-
-class RunLogger:
+class RunLogger(_Writer):
     """MLflow logging of one ``tune_losses.train`` run (no search, no parent)."""
 
     def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, Any]) -> None:
-        self.client = MlflowClient(tracking_uri=uri)
-        exp_id = experiment_id(self.client, experiment)
-        self.run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
-        log_params(self.client, self.run_id, params)
+        super().__init__(uri, experiment)
+        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name).info.run_id
+        self.log_params(self.run_id, params)
 
     def log_epoch(self, result: Mapping[str, Any]) -> None:
         """Log one epoch's numbers at step = epoch."""
-        step = int(result.get("epoch", 0))
-        log_result(self.client, self.run_id, result, step, int(time.time() * 1000))
+        self.log_metrics(self.run_id, result, int(result.get("epoch", 0)), int(time.time() * 1000))
 
     def log_artifact(self, path: str | Path) -> None:
         """Attach a file to the run."""
@@ -113,13 +151,11 @@ class RunLogger:
         self.client.set_terminated(self.run_id, status)
 
 
-class SearchTracker:
+class SearchTracker(_Writer):
     """Owns the parent run and every child run of one search; never leaves one RUNNING."""
 
     def __init__(self, uri: str, experiment: str) -> None:
-        self.client = MlflowClient(tracking_uri=uri)
-        self.uri, self.experiment = uri, experiment
-        self.experiment_id = experiment_id(self.client, experiment)
+        super().__init__(uri, experiment)
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}
 
@@ -127,10 +163,10 @@ class SearchTracker:
     def start(self, run_name: str, params: Mapping[str, Any], space_file: Path) -> str:
         """Open the search's parent run with its settings and the space file."""
         run = self.client.create_run(
-            self.experiment_id, run_name=run_name, tags={"tune_losses.kind": "search"}
+            self.experiment_id, run_name=run_name, tags={KIND_TAG: "search"}
         )
         self.parent_id = run.info.run_id
-        log_params(self.client, self.parent_id, params)
+        self.log_params(self.parent_id, params)
         self.client.log_artifact(self.parent_id, str(space_file), "space")
         return self.parent_id
 
@@ -138,9 +174,7 @@ class SearchTracker:
         """Continue a resumed search's parent run and adopt its existing children."""
         self.parent_id = parent_id
         self.client.update_run(parent_id, status="RUNNING")
-        runs = self.client.search_runs(
-            [self.experiment_id], filter_string=f"tags.`{PARENT_TAG}` = '{parent_id}'"
-        )
+        runs = search_all(self.client, self.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
         self.children = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs}
 
     def finish(
@@ -148,9 +182,9 @@ class SearchTracker:
     ) -> None:
         """Attach the leaderboard and best config to the parent and close it FINISHED."""
         pid = self._parent()
-        self.client.log_text(pid, leaderboard_csv, "leaderboard.csv")
+        self.client.log_text(pid, leaderboard_csv, LEADERBOARD)
         if best_config_yaml is not None:
-            self.client.log_text(pid, best_config_yaml, "best_config.yaml")
+            self.client.log_text(pid, best_config_yaml, BEST_CONFIG)
         for key, value in best.items():
             if isinstance(value, int | float) and math.isfinite(value):
                 self.client.log_metric(pid, key, float(value))
@@ -163,8 +197,7 @@ class SearchTracker:
         if self.parent_id is None:
             return []
         query = f"tags.`{PARENT_TAG}` = '{self.parent_id}' and attributes.status = 'RUNNING'"
-        runs = self.client.search_runs([self.experiment_id], filter_string=query)
-        return [r.info.run_id for r in runs]
+        return [r.info.run_id for r in search_all(self.client, self.experiment_id, query)]
 
     def abort(self, status: str = "KILLED") -> None:
         """End every open child run and the parent with ``status`` (FAILED or KILLED)."""
@@ -192,17 +225,17 @@ class SearchTracker:
         )
         run_id = run.info.run_id
         self.children[trial_id] = run_id
-        log_params(self.client, run_id, trial_params(config))
+        self.log_params(run_id, trial_params(config))
         text = yaml.safe_dump(config.get("experiment", {}), sort_keys=False)
-        self.client.log_text(run_id, text, "trial_config.yaml")
+        self.client.log_text(run_id, text, TRIAL_CONFIG)
 
-    def trial_result(self, trial_id: str, result: Mapping[str, Any]) -> None:
-        """Log one reported epoch of a trial."""
+    def trial_result(self, trial_id: str, result: Mapping[str, Any], step: int) -> None:
+        """Log one reported epoch of a trial at ``step``."""
         run_id = self.children.get(trial_id)
         if run_id is None:
             return
-        step = int(result.get("training_iteration", result.get("epoch", 0)))
-        log_result(self.client, run_id, result, step, int(1000 * float(result.get("timestamp", 0))))
+        ts = int(1000 * float(result.get("timestamp", time.time())))
+        self.log_metrics(run_id, result, step, ts)
 
     def trial_ended(
         self,
@@ -211,7 +244,7 @@ class SearchTracker:
         failed: bool,
         last_result: Mapping[str, Any],
         max_epochs: int,
-        checkpoint_dir: str | None,
+        summary: Mapping[str, Any] | None,
         error: str | None = None,
     ) -> str:
         """Close a child run: FINISHED (tagged how it stopped) or FAILED with the error;
@@ -219,123 +252,157 @@ class SearchTracker:
         run_id = self.children.get(trial_id)
         if run_id is None:
             return "unknown"
-        epochs = int(last_result.get("epoch", 0))
         reason = stop_reason(last_result, max_epochs, failed)
-        self.client.set_tag(run_id, "stop_reason", reason)
-        self.client.set_tag(run_id, "epochs_run", str(epochs))
+        self.client.set_tag(run_id, STOP_TAG, reason)
+        self.client.set_tag(run_id, EPOCHS_TAG, str(int(last_result.get("epoch", 0))))
         if error:
-            self.client.set_tag(run_id, "error", error[:5000])
-        if "best_val_mIoU" in last_result:
-            self.client.log_metric(run_id, "best_val_mIoU", float(last_result["best_val_mIoU"]))
-        if checkpoint_dir is not None:
-            self._log_best_epoch(run_id, Path(checkpoint_dir))
+            self.client.set_tag(run_id, ERROR_TAG, error[:5000])
+        if BEST_METRIC in last_result:
+            self.client.log_metric(run_id, BEST_METRIC, float(last_result[BEST_METRIC]))
+        if summary is not None:
+            self.log_best_epoch(run_id, summary)
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
         self.client.set_terminated(run_id, status)
         return reason
 
-    def _log_best_epoch(self, run_id: str, directory: Path) -> None:
-        from tune_losses.engine import SUMMARY_FILE
-        from tune_losses.plots import plot_confusion_matrix, plot_per_class_iou
 
-        path = directory / SUMMARY_FILE
+# --------------------------------------------------------------------------- reading
+
+
+def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> list[Run]:
+    """Every run matching ``filter_string``, newest first, page by page (no 1000-run cap)."""
+    runs: list[Run] = []
+    token = None
+    while True:
+        page = client.search_runs(
+            [experiment_id],
+            filter_string=filter_string,
+            order_by=["attributes.start_time DESC"],
+            max_results=_PAGE,
+            page_token=token,
+        )
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def open_client(uri: str) -> MlflowClient:
+    """An MLflow client on ``uri``; a missing sqlite file is an error, not a new empty store."""
+    if uri.startswith("sqlite:///") and ":memory:" not in uri:
+        path = Path(uri[len("sqlite:///") :])
         if not path.is_file():
-            return
-        summary = json.loads(path.read_text())
-        names = summary["class_names"]
-        self.client.log_dict(run_id, summary.pop("loss_setup", {}), "loss_setup.json")
-        self.client.log_dict(run_id, summary, "best_epoch.json")
-        with tempfile.TemporaryDirectory() as tmp:
-            if summary.get("confmat") is not None:
-                png = plot_confusion_matrix(summary["confmat"], names, Path(tmp) / "confmat.png")
-                self.client.log_artifact(run_id, str(png), "best_epoch")
-            if summary.get("iou_per_class"):
-                png = plot_per_class_iou(summary["iou_per_class"], names, Path(tmp) / "iou.png")
-                self.client.log_artifact(run_id, str(png), "best_epoch")
+            raise TrackingError(f"no MLflow store at {uri} (file {path} does not exist)")
+    return MlflowClient(tracking_uri=uri)
 
 
-class TrialLogger(tune.Callback):
-    """Tune callback forwarding trial events to a :class:`SearchTracker` (driver side)."""
+def find_parent(client: MlflowClient, experiment: str, run: str | None = None) -> Run:
+    """The parent run of a search: by id or name, else the latest one of ``experiment``.
 
-    def __init__(self, tracker: SearchTracker, max_epochs: int, verbose: bool = True) -> None:
-        self.tracker = tracker
-        self.max_epochs = max_epochs
-        self.verbose = verbose
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Ray pickles the run config with its callbacks (for ``Tuner.restore``): keep the
-        addresses only, and reconnect to the same parent run on unpickling."""
-        t = self.tracker
-        return {
-            "uri": t.uri,
-            "experiment": t.experiment,
-            "parent_id": t.parent_id,
-            "max_epochs": self.max_epochs,
-            "verbose": self.verbose,
-        }
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        tracker = SearchTracker(state["uri"], state["experiment"])
-        if state["parent_id"] is not None:
-            tracker.reopen(state["parent_id"])
-        self.tracker, self.max_epochs, self.verbose = tracker, state["max_epochs"], state["verbose"]
-
-    def _say(self, text: str) -> None:
-        if self.verbose:
-            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
-
-    def on_trial_start(
-        self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
-    ) -> None:
-        self.tracker.trial_started(trial.trial_id, str(trial), trial.config)
-        sampled = {k: v for k, v in trial.config.items() if k != "experiment"}
-        shown = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sampled.items()
+    A run id of a search in another experiment is accepted too.
+    """
+    exp = client.get_experiment_by_name(experiment)
+    if exp is None or exp.lifecycle_stage != "active":
+        raise TrackingError(f"no experiment {experiment!r} in {client.tracking_uri}")
+    kind = f"tags.`{KIND_TAG}` = 'search'"
+    if run is None:
+        found = client.search_runs(
+            [exp.experiment_id],
+            filter_string=kind,
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
         )
-        self._say(f"{trial.trial_id} started: {shown}")
+        if not found:
+            raise TrackingError(
+                f"no search in experiment {experiment!r} (no run tagged {KIND_TAG}=search)"
+            )
+        return found[0]
+    for parent in search_all(client, exp.experiment_id, kind):  # newest first
+        if run in (parent.info.run_id, parent.info.run_name):
+            return parent
+    if _RUN_ID.match(run):
+        try:
+            other = client.get_run(run)
+        except MlflowException:
+            other = None
+        if other is not None:
+            if other.data.tags.get(KIND_TAG) != "search":
+                raise TrackingError(f"run {run} is not a search (no tag {KIND_TAG}=search)")
+            return other
+    raise TrackingError(f"no search run with id or name {run!r} in experiment {experiment!r}")
 
-    def on_trial_result(
-        self, iteration: int, trials: Sequence[Any], trial: Any, result: dict, **info: Any
-    ) -> None:
-        self.tracker.trial_result(trial.trial_id, result)
-        self._say(
-            f"{trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs}"
-            f"  val mIoU {result.get('val/mIoU', math.nan):.2f}"
-            f"  best {result.get('best_val_mIoU', math.nan):.2f}"
-            f"  train loss {result.get('train/loss', math.nan):.4f}"
+
+@dataclass
+class TrialRecord:
+    """One child run of a search as read back from MLflow."""
+
+    run_id: str
+    name: str
+    status: str
+    stop_reason: str
+    epochs_run: str
+    best: float
+    params: dict[str, str]
+    history: list[tuple[int, float]] = field(default_factory=list)
+    trial_id: str = ""
+
+
+def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
+    """Every child run of ``parent`` with its ``loss.*`` params and ``val/mIoU`` history,
+    best first (trials with no value last)."""
+    pid = parent.info.run_id
+    children = search_all(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{pid}'")
+    trials = []
+    for child in children:
+        by_step: dict[int, float] = {}
+        history = client.get_metric_history(child.info.run_id, CURVE_METRIC)
+        for m in sorted(history, key=lambda m: m.timestamp):  # a retried epoch: keep the last
+            by_step[int(m.step)] = float(m.value)
+        curve = sorted(by_step.items())
+        best = child.data.metrics.get(BEST_METRIC)
+        if best is None:
+            best = max((v for _, v in curve if math.isfinite(v)), default=math.nan)
+        tags = child.data.tags
+        trials.append(
+            TrialRecord(
+                run_id=child.info.run_id,
+                name=child.info.run_name or child.info.run_id[:8],
+                status=child.info.status,
+                stop_reason=tags.get(STOP_TAG, ""),
+                epochs_run=tags.get(EPOCHS_TAG, ""),
+                best=float(best),
+                params={k: v for k, v in child.data.params.items() if k.startswith(PARAM_PREFIX)},
+                history=curve,
+                trial_id=tags.get(TRIAL_TAG, ""),
+            )
         )
-
-    def _end(self, trial: Any, failed: bool) -> None:
-        checkpoint = trial.checkpoint
-        directory = None
-        if checkpoint is not None and Path(checkpoint.path).is_dir():
-            directory = checkpoint.path
-        reason = self.tracker.trial_ended(
-            trial.trial_id,
-            failed=failed,
-            last_result=trial.last_result or {},
-            max_epochs=self.max_epochs,
-            checkpoint_dir=directory,
-            error=_error_text(trial) if failed else None,
-        )
-        if not failed:
-            best = (trial.last_result or {}).get("best_val_mIoU", math.nan)
-            self._say(f"{trial.trial_id} ended ({reason}): best val mIoU {best:.2f}")
-
-    def on_trial_complete(
-        self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
-    ) -> None:
-        self._end(trial, failed=False)
-
-    def on_trial_error(
-        self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
-    ) -> None:
-        self._end(trial, failed=True)
-        text = (_error_text(trial) or "").strip().splitlines()
-        self._say(f"{trial.trial_id} failed: {text[-1] if text else 'unknown error'}")
+    trials.sort(key=lambda t: (not math.isfinite(t.best), -t.best if math.isfinite(t.best) else 0))
+    return trials
 
 
-def _error_text(trial: Any) -> str | None:
-    path = getattr(trial, "error_file", None)
-    if path and Path(path).is_file():
-        return Path(path).read_text()
-    return None
+LEADERBOARD_COLUMNS = ("rank", "trial", "run_id", "status", STOP_TAG, EPOCHS_TAG, BEST_METRIC)
+
+
+def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
+    """The leaderboard: one dict a trial, in the order given (best first), every ``loss.*``
+    param as a column. The search's summary, ``leaderboard.csv`` and the report use it."""
+    keys = sorted({k for t in trials for k in t.params})
+    rows = []
+    for rank, t in enumerate(trials, 1):
+        values = (rank, t.name, t.run_id, t.status, t.stop_reason, t.epochs_run, t.best)
+        row: dict[str, Any] = dict(zip(LEADERBOARD_COLUMNS, values, strict=True))
+        row.update({k: t.params.get(k, "") for k in keys})
+        rows.append(row)
+    return rows
+
+
+def leaderboard_csv(rows: Sequence[Mapping[str, Any]]) -> str:
+    """The leaderboard rows as CSV text (header: the union of the rows' keys)."""
+    keys: list[str] = []
+    for row in rows:
+        keys += [k for k in row if k not in keys]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=keys or list(LEADERBOARD_COLUMNS))
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

@@ -15,9 +15,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tune_losses.config import ConfigError, dump_experiment, load_experiment
+from tune_losses.config import ConfigError, dump_experiment, flatten, load_experiment
 from tune_losses.data import DataError
-from tune_losses.space import flatten
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -37,7 +36,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         exp = load_experiment(args.config, args.overrides)
         from tune_losses.engine import Trainer
 
-        trainer = Trainer(exp)
+        try:
+            trainer = Trainer(exp)  # builds and checks data, model and loss on one batch
+        except ConfigError as exc:
+            raise ConfigError(f"{args.config}: {exc}") from None
     except (ConfigError, DataError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

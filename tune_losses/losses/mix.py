@@ -183,6 +183,15 @@ class LossMix(nn.Module):
         out.total = total
         return out
 
+    def check(self, outputs: Mapping[str, Tensor], target: Tensor) -> None:
+        """Compute every term once, whatever its weight, so a bad option fails here."""
+        preps: dict[str, Prepared] = {}
+        for index, term in enumerate(self._terms):
+            logits = outputs[term.head]
+            with float32_region(logits):
+                prep = preps.setdefault(term.head, Prepared(logits, target, self.ignore_index))
+                self._call(index, term, logits, target, prep)
+
     def describe(self) -> dict[str, Any]:
         """Resolved terms, schedules and class weights, for logging."""
         terms = {}

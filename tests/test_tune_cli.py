@@ -14,8 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from conftest import AUX_CE_WEIGHT, tiny_experiment
 from tune_losses.config import load_experiment
+from tune_losses.search import main
 
 ROOT = Path(__file__).resolve().parents[1]
+SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
 
 
 def run_cli(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProcess[str]:
@@ -285,10 +287,18 @@ def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: str) -> N
     assert starts[1] < ends[0]
 
 
-def test_search_module_does_not_import_ray() -> None:
-    """``--address`` sets RAY_AUTH_MODE=token, which Ray reads when it is imported: the CLI
-    module must not import ray before main() runs."""
-    code = "import sys, tune_losses.search; print('ray' in sys.modules)"
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
-    assert out.stdout.strip() == "False", out.stderr
+@pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
+def test_dry_run_on_every_space_file(path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--space", str(path), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "valid;" in out and "--- trial 0" in out
+
+
+def test_cli_bad_space_is_one_line_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("train: {epochs: 0}\n")
+    assert main(["--space", str(bad), "--dry-run"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {bad}: train.epochs:") and "\n" not in err

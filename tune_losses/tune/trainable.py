@@ -2,7 +2,8 @@
 
 Reports every epoch with a checkpoint, and resumes from ``tune.get_checkpoint()`` when
 Ray retries a failed trial or a search is resumed. MLflow is not touched here: the
-driver logs (``tracking.py``), so workers need no access to the tracking server.
+driver logs (:mod:`tune_losses.tune.callback`), so workers need no access to the
+tracking server.
 """
 
 from __future__ import annotations

@@ -1,0 +1,101 @@
+"""tune_losses.tracking against a sqlite MLflow store: the layout written, then read back."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from conftest import tiny_experiment
+from tune_losses import tracking
+from tune_losses.tracking import (
+    LEADERBOARD_COLUMNS,
+    SearchTracker,
+    find_parent,
+    leaderboard_csv,
+    leaderboard_rows,
+    load_trials,
+    stop_reason,
+)
+
+
+def _trial_config(dice: float) -> dict:
+    exp = tiny_experiment()
+    exp["loss"]["decode"]["dice"] = {"weight": dice}
+    return {"loss.decode.dice.weight": dice, "experiment": exp}
+
+
+def _result(epoch: int, miou: float, best: float) -> dict:
+    return {"epoch": epoch, "val/mIoU": miou, "best_val_mIoU": best, "training_iteration": epoch}
+
+
+@pytest.fixture
+def search(tmp_path: Path) -> SearchTracker:
+    space = tmp_path / "space.yaml"
+    space.write_text("loss: {}\n")
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
+    tracker.start("search-1", {"search.num_samples": 3}, space)
+    return tracker
+
+
+def _run_trial(tracker: SearchTracker, trial_id: str, curve: list[float], max_epochs: int) -> None:
+    tracker.trial_started(trial_id, f"train_{trial_id}", _trial_config(0.1 * len(curve)))
+    best = -math.inf
+    for epoch, value in enumerate(curve, 1):
+        best = max(best, value)
+        tracker.trial_result(trial_id, _result(epoch, value, best), epoch)
+    last = _result(len(curve), curve[-1], best)
+    tracker.trial_ended(
+        trial_id, failed=False, last_result=last, max_epochs=max_epochs, summary=None
+    )
+
+
+def test_search_layout_reads_back_best_first(search: SearchTracker) -> None:
+    _run_trial(search, "a", [10.0, 20.0, 15.0], max_epochs=3)
+    _run_trial(search, "b", [30.0], max_epochs=3)
+    _run_trial(search, "c", [5.0, 6.0, 7.0], max_epochs=3)
+    client = search.client
+    parent = find_parent(client, "e")
+    assert parent.info.run_id == search.parent_id
+    trials = load_trials(client, parent)
+    assert [t.trial_id for t in trials] == ["b", "a", "c"]
+    assert [t.best for t in trials] == [30.0, 20.0, 7.0]
+    assert [t.stop_reason for t in trials] == ["asha", "completed", "completed"]
+    assert trials[1].history == [(1, 10.0), (2, 20.0), (3, 15.0)]
+    assert trials[0].params["loss.decode.dice.weight"] == "0.1"
+    # the resolved config is flattened beside the sampled values
+    assert trials[0].params["loss.aux.ce.weight"] == "0.4"
+
+    rows = leaderboard_rows(trials)
+    assert [r["rank"] for r in rows] == [1, 2, 3]
+    assert list(rows[0])[: len(LEADERBOARD_COLUMNS)] == list(LEADERBOARD_COLUMNS)
+    parsed = list(csv.DictReader(io.StringIO(leaderboard_csv(rows))))
+    assert [r["trial"] for r in parsed] == ["train_b", "train_a", "train_c"]
+    assert parsed[0]["loss.decode.dice.weight"] == "0.1"
+
+
+def test_reopen_pages_through_every_child(search: SearchTracker, monkeypatch) -> None:
+    """A search with more children than one page of ``search_runs`` (1000) keeps them all:
+    shown here with a page of 2 runs."""
+    for trial_id in "abcde":
+        search.trial_started(trial_id, trial_id, _trial_config(0.5))
+    monkeypatch.setattr(tracking, "_PAGE", 2)
+    again = SearchTracker(search.uri, search.experiment)
+    again.reopen(search.parent_id)
+    assert sorted(again.children) == list("abcde")
+    assert len(again.open_children()) == 5
+    again.abort("KILLED")
+    assert again.open_children() == []
+    client = MlflowClient(search.uri)
+    assert client.get_run(search.parent_id).info.status == "KILLED"
+
+
+def test_stop_reason() -> None:
+    assert stop_reason({"epoch": 2}, 4, failed=True) == "error"
+    assert stop_reason({"epoch": 2, "early_stopped": 1.0}, 4, failed=False) == "early_stopping"
+    assert stop_reason({"epoch": 4}, 4, failed=False) == "completed"
+    assert stop_reason({"epoch": 2}, 4, failed=False) == "asha"

@@ -1,0 +1,11 @@
+"""The Ray edge of a search: the only package that imports Ray.
+
+- :mod:`~tune_losses.tune.cli`: ``python -m tune_losses.search`` (flags, dry run, exit codes);
+- :mod:`~tune_losses.tune.tuner`: the Tuner (Optuna searcher, ASHA/FIFO scheduler) and a run;
+- :mod:`~tune_losses.tune.trainable`: one trial = one :class:`~tune_losses.engine.Trainer`;
+- :mod:`~tune_losses.tune.callback`: trial events -> :class:`~tune_losses.tracking.SearchTracker`;
+- :mod:`~tune_losses.tune.state`: the run folder and what ``--resume`` reads back.
+
+Modules import Ray inside functions or at their own import, never from this ``__init__``,
+so the CLI can set ``RAY_AUTH_MODE`` before Ray is first imported.
+"""

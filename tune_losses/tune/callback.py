@@ -1,0 +1,107 @@
+"""The Tune callback that turns trial events into MLflow runs (driver side).
+
+Ray calls it on the driver for every trial start, reported epoch, completion and error;
+it forwards them to :class:`~tune_losses.tracking.SearchTracker`, which owns the MLflow
+layout, and prints one progress line per event.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ray import tune
+
+from tune_losses.engine import read_summary
+from tune_losses.tracking import BEST_METRIC, CURVE_METRIC, SearchTracker
+
+
+class TrialLogger(tune.Callback):
+    """Forwards trial events to a :class:`SearchTracker` and prints progress."""
+
+    def __init__(self, tracker: SearchTracker, max_epochs: int, verbose: bool = True) -> None:
+        self.tracker = tracker
+        self.max_epochs = max_epochs
+        self.verbose = verbose
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Ray pickles the run config with its callbacks (for ``Tuner.restore``): keep the
+        addresses only, and reconnect to the same parent run on unpickling."""
+        t = self.tracker
+        return {
+            "uri": t.uri,
+            "experiment": t.experiment,
+            "parent_id": t.parent_id,
+            "max_epochs": self.max_epochs,
+            "verbose": self.verbose,
+        }
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        tracker = SearchTracker(state["uri"], state["experiment"])
+        if state["parent_id"] is not None:
+            tracker.reopen(state["parent_id"])
+        self.tracker, self.max_epochs, self.verbose = tracker, state["max_epochs"], state["verbose"]
+
+    def _say(self, text: str) -> None:
+        if self.verbose:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def on_trial_start(
+        self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
+    ) -> None:
+        self.tracker.trial_started(trial.trial_id, str(trial), trial.config)
+        sampled = {k: v for k, v in trial.config.items() if k != "experiment"}
+        shown = ", ".join(
+            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sampled.items()
+        )
+        self._say(f"{trial.trial_id} started: {shown}")
+
+    def on_trial_result(
+        self, iteration: int, trials: Sequence[Any], trial: Any, result: dict, **info: Any
+    ) -> None:
+        step = int(result.get("training_iteration", result.get("epoch", 0)))
+        self.tracker.trial_result(trial.trial_id, result, step)
+        self._say(
+            f"{trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs}"
+            f"  val mIoU {result.get(CURVE_METRIC, math.nan):.2f}"
+            f"  best {result.get(BEST_METRIC, math.nan):.2f}"
+            f"  train loss {result.get('train/loss', math.nan):.4f}"
+        )
+
+    def _end(self, trial: Any, failed: bool) -> str:
+        checkpoint = trial.checkpoint
+        summary = None
+        if checkpoint is not None and Path(checkpoint.path).is_dir():
+            summary = read_summary(checkpoint.path)
+        return self.tracker.trial_ended(
+            trial.trial_id,
+            failed=failed,
+            last_result=trial.last_result or {},
+            max_epochs=self.max_epochs,
+            summary=summary,
+            error=_error_text(trial) if failed else None,
+        )
+
+    def on_trial_complete(
+        self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
+    ) -> None:
+        reason = self._end(trial, failed=False)
+        best = (trial.last_result or {}).get(BEST_METRIC, math.nan)
+        self._say(f"{trial.trial_id} ended ({reason}): best val mIoU {best:.2f}")
+
+    def on_trial_error(
+        self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
+    ) -> None:
+        self._end(trial, failed=True)
+        text = (_error_text(trial) or "").strip().splitlines()
+        self._say(f"{trial.trial_id} failed: {text[-1] if text else 'unknown error'}")
+
+
+def _error_text(trial: Any) -> str | None:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return None

@@ -1,0 +1,270 @@
+"""``python -m tune_losses.search``: flags, the dry run, and a search from start to summary.
+
+Ray is imported only once a search really starts (after ``RAY_AUTH_MODE`` is set for a
+cluster); ``--dry-run`` and every input error need neither Ray nor MLflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import math
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tune_losses.config import ConfigError, apply_overrides, read_yaml
+from tune_losses.data import DataError
+from tune_losses.engine import preflight
+from tune_losses.space import SearchSpace
+from tune_losses.tune import state as run_state
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line flags of ``python -m tune_losses.search`` (README's table)."""
+    p = argparse.ArgumentParser(
+        prog="python -m tune_losses.search",
+        description="Search loss weights and schedules of a segmentation model.",
+    )
+    p.add_argument("--space", required=True, type=Path, help="search-space YAML file")
+    p.add_argument("--num-samples", type=int, help="trials to run (search.num_samples)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set train.epochs=2 (repeatable)",
+    )
+    p.add_argument("--address", help="Ray cluster to join ('auto' or host:port); local if unset")
+    p.add_argument("--storage", help="Ray results folder; shared (NFS, S3) on a multi-node cluster")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (tracking.uri)")
+    p.add_argument("--experiment", help="MLflow experiment name (tracking.experiment)")
+    p.add_argument(
+        "--resume",
+        nargs="?",
+        const="latest",
+        metavar="NAME",
+        help="resume a search in --storage (the latest of this space file if no NAME)",
+    )
+    p.add_argument("--cpus-per-trial", type=float, help="CPUs per trial (search.cpus_per_trial)")
+    p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (search.gpus_per_trial)")
+    p.add_argument("--seed", type=int, help="sampler seed (search.seed)")
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="validate the space and print a few sampled trial configs; train nothing",
+    )
+    return p
+
+
+def load_space(args: argparse.Namespace) -> SearchSpace:
+    """The space file with ``--set`` and flag overrides applied, validated in every branch."""
+    flags = {
+        "search.num_samples": args.num_samples,
+        "search.cpus_per_trial": args.cpus_per_trial,
+        "search.gpus_per_trial": args.gpus_per_trial,
+        "search.seed": args.seed,
+        "tracking.uri": args.tracking_uri,
+        "tracking.experiment": args.experiment,
+    }
+    overrides = list(args.overrides)
+    overrides += [f"{k}={json.dumps(v)}" for k, v in flags.items() if v is not None]
+    raw = apply_overrides(read_yaml(args.space), overrides)
+    return SearchSpace(raw, source=str(args.space))
+
+
+def dry_run(space: SearchSpace, n: int = 3) -> None:
+    """Print ``n`` sampled trial configs (validated), without Ray or MLflow."""
+    import optuna
+
+    from tune_losses.tune.tuner import make_sampler
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(direction="maximize", sampler=make_sampler(space))
+    exp = space.experiment
+    total = space.grid_size() or exp.search.num_samples
+    print(f"{space.source}: valid; {len(space.markers)} markers, {total} trials planned")
+    for i in range(min(n, total)):
+        trial = study.ask()
+        concrete = space.sample(trial)
+        space.validate(concrete)
+        print(f"--- trial {i}: {json.dumps(trial.params)}")
+        print(yaml.safe_dump({"loss": concrete["loss"]}, sort_keys=False), end="")
+        with contextlib.suppress(RuntimeError):  # an exhausted grid stops the study
+            study.tell(trial, 0.0)
+
+
+@dataclass
+class _Search:
+    """One search being run: where its files go and what ``--resume`` needs."""
+
+    name: str
+    storage: str
+    run_dir: Path
+    state: dict[str, Any]
+
+    @property
+    def local(self) -> bool:
+        return "://" not in self.storage
+
+
+def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
+    """The run folder and state: a new search's, or the saved one for ``--resume``."""
+    storage = run_state.storage_root(args.storage)
+    if args.address and "://" not in storage:
+        print(
+            f"note: --storage {storage} must be shared by every node of the cluster",
+            file=sys.stderr,
+        )
+    if args.resume:
+        run_dir = run_state.resume_dir(storage, args.space, args.resume)
+        return _Search(run_dir.name, storage, run_dir, run_state.read_state(run_dir))
+    exp = space.experiment
+    name = run_state.new_name(args.space)
+    state = {
+        "tracking_uri": exp.tracking.uri,
+        "experiment": exp.tracking.experiment,
+        "space": str(args.space),
+        "total": space.grid_size() or exp.search.num_samples,
+        "max_epochs": space.max_epochs,
+    }
+    return _Search(name, storage, Path(storage) / name, state)
+
+
+def _connect(search: _Search) -> Any:
+    """The search's MLflow tracker on the store its state names (nothing opened yet)."""
+    from mlflow.exceptions import MlflowException
+
+    from tune_losses.tracking import SearchTracker
+
+    uri = search.state["tracking_uri"]
+    try:
+        return SearchTracker(uri, search.state["experiment"])
+    except MlflowException as exc:
+        raise ConfigError(f"tracking.uri {uri}: {exc}") from None
+
+
+def _open_parent(
+    args: argparse.Namespace, space: SearchSpace, search: _Search, tracker: Any
+) -> None:
+    """Open the parent run (and save the state for --resume), or reopen it on --resume."""
+    if args.resume:
+        tracker.reopen(search.state["parent_run_id"])
+        return
+    exp = space.experiment
+    params = {"space_file": str(args.space), "ray_name": search.name, "storage": search.storage}
+    params.update({f"search.{k}": v for k, v in exp.search.model_dump().items()})
+    tracker.start(exp.tracking.run_name or search.name, params, args.space)
+    search.state["parent_run_id"] = tracker.parent_id
+    if search.local:
+        run_state.write_state(search.run_dir, search.state)
+
+
+def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker: Any) -> Any:
+    """Start Ray, build (or restore) the Tuner, run every trial; returns Ray's results."""
+    import ray
+    from ray import tune
+
+    from tune_losses.tune.callback import TrialLogger
+    from tune_losses.tune.trainable import train_trial
+    from tune_losses.tune.tuner import new_tuner, restore_tuner
+
+    cfg = space.experiment.search
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # "local" starts a fresh instance even where `ray start` left a cluster address behind
+    ray.init(address=args.address or "local", ignore_reinit_error=True, log_to_driver=False)
+    # after ray.init, which installs its own: a SIGTERM (a job scheduler, a timeout)
+    # ends the search like Ctrl-C, runs KILLED and the state saved for --resume
+    signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+    resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
+    trainable = tune.with_resources(train_trial, resources)
+    print(
+        f"search {search.name}: {search.state['total']} trials, up to {cfg.max_concurrent} at "
+        f"a time, {search.state['max_epochs']} epochs max; results in {search.run_dir}",
+        flush=True,
+    )
+    if args.resume:
+        tuner = restore_tuner(search.run_dir, trainable)
+    else:
+        logger = TrialLogger(tracker, search.state["max_epochs"])
+        tuner = new_tuner(space, trainable, search.name, search.storage, logger)
+    return tuner.fit()
+
+
+def _summarize(search: _Search, tracker: Any, results: Any, uri: str) -> int:
+    """Leaderboard (from MLflow) printed and logged, best config written; the exit code."""
+    from tune_losses.report import print_leaderboard
+    from tune_losses.tracking import leaderboard_csv, leaderboard_rows, load_trials
+
+    parent = tracker.client.get_run(tracker.parent_id)
+    trials = load_trials(tracker.client, parent)
+    configs = {
+        (r.metrics or {}).get("trial_id"): (r.config or {}).get("experiment") for r in results
+    }
+    ok = [t for t in trials if t.status == "FINISHED" and math.isfinite(t.best)]
+    best_yaml, best = None, {}
+    if ok and configs.get(ok[0].trial_id) is not None:
+        best_yaml = yaml.safe_dump(configs[ok[0].trial_id], sort_keys=False)
+        best = {"best_val_mIoU": ok[0].best, "best_trial": ok[0].trial_id}
+    tracker.finish(leaderboard_csv(leaderboard_rows(trials)), best_yaml, best)
+    print_leaderboard(trials, f"Leaderboard of {search.name} (best val mIoU, %)")
+    if best_yaml is not None and search.local:
+        (search.run_dir / "best_config.yaml").write_text(best_yaml)
+        print(f"best config: {search.run_dir / 'best_config.yaml'}")
+    print(f"review it:  mlflow ui --backend-store-uri {uri}")
+    return 0 if ok else 1
+
+
+def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
+    """Run (or resume) the search; returns the process exit code."""
+    search = _locate(args, space)
+    tracker = _connect(search)
+    try:
+        _open_parent(args, space, search, tracker)
+        results = _fit(args, space, search, tracker)
+    except KeyboardInterrupt:
+        tracker.abort("KILLED")
+        raise
+    except ConnectionError as exc:
+        tracker.abort("FAILED")
+        raise ConfigError(f"--address {args.address}: {exc}") from None
+    except BaseException:
+        tracker.abort("FAILED")
+        raise
+    if tracker.open_children() or len(results) < search.state["total"]:
+        tracker.abort("KILLED")
+        print(
+            f"search interrupted; continue it with: python -m tune_losses.search "
+            f"--space {args.space} --storage {search.storage} --resume {search.name}",
+            file=sys.stderr,
+        )
+        return 130
+    return _summarize(search, tracker, results, search.state["tracking_uri"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """The CLI: validate, preflight, then dry-run or search; returns the exit code."""
+    args = build_parser().parse_args(argv)
+    if args.address:  # Ray 2.60 clusters use token auth; set before anything imports ray
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
+    try:
+        space = load_space(args)
+        preflight(space.variants, space.source)
+        if args.dry_run:
+            dry_run(space)
+            return 0
+        return run_search(args, space)
+    except (ConfigError, DataError, ValueError) as exc:
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

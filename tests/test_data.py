@@ -112,8 +112,9 @@ def test_augmentation_random_state_round_trips() -> None:
 
 def test_loader_options() -> None:
     train, val, _ = build_loaders(DataConfig(num_workers=1, batch_size=8), device_type="cuda")
-    assert train.pin_memory and train.persistent_workers and train.drop_last
-    assert not val.drop_last and val.batch_size == 8
+    # train workers restart each epoch (seeded from the train generator), val workers persist
+    assert train.pin_memory and not train.persistent_workers and train.drop_last
+    assert val.persistent_workers and not val.drop_last and val.batch_size == 8
     train, _, _ = build_loaders(DataConfig(max_train=8, batch_size=8))
     assert not train.drop_last and not train.pin_memory and not train.persistent_workers
 

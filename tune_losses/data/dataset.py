@@ -173,17 +173,18 @@ def build_loaders(
 
     Batches are ``(images float32 [B,3,H,W] ImageNet-normalised, masks int64 [B,H,W])``.
     Train shuffles with a generator seeded by ``seed`` and drops the last partial batch when
-    the set is larger than a batch; workers (``num_workers``) persist between epochs and
-    memory is pinned when ``device_type == "cuda"``.
+    the set is larger than a batch; memory is pinned when ``device_type == "cuda"``.
+
+    Train workers (``num_workers``) start afresh each epoch, seeded from the train generator,
+    so one epoch's shuffling and augmentation follow from that generator's state alone (what
+    makes a resumed run exact); val workers persist, and val has its own generator so that
+    it draws nothing from torch's global RNG.
     """
     train_ds, val_ds, info = build_datasets(cfg)
     train_ds.reseed(seed)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
     common = {
         "batch_size": cfg.batch_size,
         "num_workers": cfg.num_workers,
-        "persistent_workers": cfg.num_workers > 0,
         "pin_memory": device_type == "cuda",
         "collate_fn": PadCollate(cfg.ignore_index),
         "worker_init_fn": _worker_init,
@@ -192,8 +193,15 @@ def build_loaders(
         train_ds,
         shuffle=True,
         drop_last=len(train_ds) > cfg.batch_size,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         **common,
     )
-    val = DataLoader(val_ds, shuffle=False, drop_last=False, **common)
+    val = DataLoader(
+        val_ds,
+        shuffle=False,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=cfg.num_workers > 0,
+        **common,
+    )
     return train, val, info

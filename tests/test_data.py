@@ -97,10 +97,24 @@ def test_loader_workers_deterministic() -> None:
     assert all(torch.equal(x, y) for x, y in zip(epoch(), epoch(), strict=True))
 
 
+def test_augmentation_random_state_round_trips() -> None:
+    """Restoring the pipeline's generators repeats the same augmented sample."""
+    train, _, _ = build_datasets(DataConfig(max_train=4))
+    state = train.random_state()
+    image, mask = train[0]
+    assert not torch.equal(train[0][0], image)  # the augmentation is random ...
+    train.set_random_state(state)
+    again, again_mask = train[0]
+    assert torch.equal(again, image) and torch.equal(again_mask, mask)  # ... and restorable
+    with pytest.raises(ValueError, match="augmentation state has 1 transforms"):
+        train.set_random_state(state[:1])
+
+
 def test_loader_options() -> None:
     train, val, _ = build_loaders(DataConfig(num_workers=1, batch_size=8), device_type="cuda")
-    assert train.pin_memory and train.persistent_workers and train.drop_last
-    assert not val.drop_last and val.batch_size == 8
+    # train workers restart each epoch (seeded from the train generator), val workers persist
+    assert train.pin_memory and not train.persistent_workers and train.drop_last
+    assert val.persistent_workers and not val.drop_last and val.batch_size == 8
     train, _, _ = build_loaders(DataConfig(max_train=8, batch_size=8))
     assert not train.drop_last and not train.pin_memory and not train.persistent_workers
 

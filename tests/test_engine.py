@@ -1,13 +1,15 @@
 from __future__ import annotations
 
+import itertools
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from conftest import tiny_experiment
-from tune_losses.config import validate_experiment
+from tune_losses.config import Experiment, validate_experiment
 from tune_losses.engine import Trainer, resolve_amp, resolve_device
 from tune_losses.metrics import SegmentationMetrics
 
@@ -68,6 +70,78 @@ def test_checkpoint_resume_continues_the_run(tiny: dict, tmp_path: Path) -> None
     assert summary["epochs_run"] == 3 and len(summary["confmat"]) == resumed.info.num_classes
     assert set(summary["loss_setup"]["terms"]) == {"decode/ce", "aux/ce"}
     assert sum(summary["class_frequencies"]) == pytest.approx(1.0)
+
+
+def _resumable(tiny: dict, **data: Any) -> Experiment:
+    """Three epochs with every RNG in play: shuffling, augmentation (scale, pad position,
+    crop, flip, colour jitter), aux-head dropout; lovasz sorts its errors, onecycle and the
+    step schedule move with progress, patience keeps early-stopping history."""
+    tiny["data"].update(data)
+    tiny["train"].update(epochs=3, lr_schedule="onecycle")
+    tiny["train"]["early_stopping"] = {"patience": 10, "min_delta": 0.0}
+    tiny["loss"]["decode"]["lovasz"] = {"weight": 0.5}
+    tiny["loss"]["aux"]["ce"]["weight"] = {
+        "schedule": "step",
+        "values": [0.4, 0.2],
+        "milestones": [0.5],
+    }
+    return validate_experiment(tiny)
+
+
+def _stop_and_resume(exp: Experiment, directory: Path) -> tuple[list[dict], Trainer]:
+    """One epoch, ``save``, then a new Trainer that ``load``s and runs the rest."""
+    first = Trainer(exp)
+    history = list(itertools.islice(first.epochs(), 1))
+    first.save(directory)
+    resumed = Trainer(exp)
+    resumed.load(directory)
+    return history + list(resumed.epochs()), resumed
+
+
+def _assert_same_run(a: list[dict], b: list[dict], ta: Trainer, tb: Trainer) -> None:
+    assert [r["epoch"] for r in a] == [r["epoch"] for r in b] == [1, 2, 3]
+    for ra, rb in zip(a, b, strict=True):
+        assert ra.keys() == rb.keys()
+        assert any(k.startswith("train/loss/") for k in ra) and "val/mIoU" in ra
+        for key in ra.keys() - {"time/epoch_s"}:
+            assert ra[key] == pytest.approx(rb[key], abs=1e-6, rel=0), (ra["epoch"], key)
+    for (name, wa), wb in zip(
+        ta.model.state_dict().items(), tb.model.state_dict().values(), strict=True
+    ):
+        assert torch.allclose(wa.double(), wb.double(), rtol=0, atol=1e-6), name
+
+
+def test_resume_repeats_the_uninterrupted_run(tiny: dict, tmp_path: Path) -> None:
+    """A trial stopped after epoch 1 and resumed logs the same epochs 2 and 3 (and ends with
+    the same weights) as one that never stopped: the checkpoint holds every RNG."""
+    exp = _resumable(tiny)
+    straight = Trainer(exp)
+    uninterrupted = list(straight.epochs())
+    resumed_history, resumed = _stop_and_resume(exp, tmp_path)
+    _assert_same_run(uninterrupted, resumed_history, straight, resumed)
+
+
+def test_resume_is_exact_with_loader_workers(tiny: dict, tmp_path: Path) -> None:
+    """With ``num_workers=2`` too: train workers restart each epoch seeded from the saved
+    loader generator, so their shuffling and augmentation repeat after a resume."""
+    exp = _resumable(tiny, num_workers=2)
+    straight = Trainer(exp)
+    uninterrupted = list(straight.epochs())
+    resumed_history, resumed = _stop_and_resume(exp, tmp_path)
+    _assert_same_run(uninterrupted, resumed_history, straight, resumed)
+
+
+def test_checkpoint_loads_with_weights_only(tiny: dict, tmp_path: Path) -> None:
+    trainer = Trainer(validate_experiment(tiny))
+    next(trainer.epochs())
+    state = torch.load(trainer.save(tmp_path), weights_only=True)
+    assert state["epoch"] == 1
+    assert set(state["rng"]) >= {"python", "numpy", "torch", "loader", "augment"}
+    assert len(state["rng"]["augment"]) == len(list(_transforms(trainer))) > 1
+
+
+def _transforms(trainer: Trainer) -> list[Any]:
+    return [trainer.train_loader.dataset.transform, *trainer.train_loader.dataset.transform]
 
 
 def test_device_and_amp_resolution() -> None:

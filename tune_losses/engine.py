@@ -26,7 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from tune_losses.config import ConfigError, Experiment, TrainConfig
-from tune_losses.data import DatasetInfo, build_loaders
+from tune_losses.data import DatasetInfo, SegmentationDataset, build_loaders
 from tune_losses.losses import LossMix
 from tune_losses.metrics import SegmentationMetrics
 from tune_losses.models import build_model
@@ -285,7 +285,12 @@ class Trainer:
             yield result
 
     def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue this run where it stopped."""
+        """Everything the next epoch depends on, so a resumed run repeats it exactly.
+
+        Model, optimiser, LR schedule, AMP scaler, early-stopping history and every RNG the
+        epoch draws from (see :meth:`rng_state`); only tensors and plain Python values, so
+        the checkpoint loads with ``torch.load(..., weights_only=True)``.
+        """
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -299,11 +304,11 @@ class Trainer:
             "reference": self.reference,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
-            "torch_rng": torch.get_rng_state(),
+            "rng": self.rng_state(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Continue from :meth:`state_dict`'s output (model, optimiser, schedule, history)."""
+        """Continue from :meth:`state_dict`'s output (model, optimiser, schedule, history, RNGs)."""
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -311,7 +316,50 @@ class Trainer:
         for key in ("epoch", "best", "best_epoch", "best_confmat", "best_per_class", "reference"):
             setattr(self, key, state[key])
         self.bad_epochs, self.stopped_early = state["bad_epochs"], state["stopped_early"]
-        torch.set_rng_state(state["torch_rng"])
+        if "rng" in state:
+            self.load_rng_state(state["rng"])
+        else:  # a checkpoint from before exact resume held the torch CPU RNG only
+            torch.set_rng_state(state["torch_rng"].cpu())
+
+    def rng_state(self) -> dict[str, Any]:
+        """Python, NumPy (global), torch CPU and CUDA RNGs, the train loader's shuffling
+        generator and the augmentation pipeline's own generators, as plain values.
+
+        With ``num_workers > 0`` the train workers start each epoch seeded from the loader's
+        generator (see :func:`~tune_losses.data.build_loaders`), so that state covers them.
+        CUDA RNGs are saved only once CUDA is initialised (before that nothing drew from them).
+        """
+        numpy_state = np.random.get_state(legacy=False)
+        numpy_state["state"]["key"] = numpy_state["state"]["key"].tolist()
+        state: dict[str, Any] = {
+            "python": random.getstate(),
+            "numpy": numpy_state,
+            "torch": torch.get_rng_state(),
+        }
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            state["cuda"] = torch.cuda.get_rng_state_all()
+        if self.train_loader.generator is not None:
+            state["loader"] = self.train_loader.generator.get_state()
+        if isinstance(self.train_loader.dataset, SegmentationDataset):
+            state["augment"] = self.train_loader.dataset.random_state()
+        return state
+
+    def load_rng_state(self, state: dict[str, Any]) -> None:
+        """Put every RNG back where :meth:`rng_state` found it."""
+        version, internal, gauss = state["python"]
+        random.setstate((version, tuple(internal), gauss))
+        numpy_state = dict(state["numpy"])
+        numpy_state["state"] = dict(numpy_state["state"])
+        numpy_state["state"]["key"] = np.asarray(numpy_state["state"]["key"], dtype=np.uint32)
+        np.random.set_state(numpy_state)
+        torch.set_rng_state(state["torch"].cpu())
+        if "cuda" in state and torch.cuda.is_available():
+            for index, cuda_state in enumerate(state["cuda"][: torch.cuda.device_count()]):
+                torch.cuda.set_rng_state(cuda_state.cpu(), index)
+        if "loader" in state and self.train_loader.generator is not None:
+            self.train_loader.generator.set_state(state["loader"].cpu())
+        if "augment" in state and isinstance(self.train_loader.dataset, SegmentationDataset):
+            self.train_loader.dataset.set_random_state(state["augment"])
 
     def summary(self) -> dict[str, Any]:
         """The best epoch in plain JSON (mIoU, per-class IoU, confusion matrix) and the loss
@@ -336,8 +384,10 @@ class Trainer:
         return path
 
     def load(self, directory: str | Path) -> None:
-        """Continue from a checkpoint folder written by :meth:`save`."""
-        state = torch.load(
-            Path(directory) / STATE_FILE, map_location=self.device, weights_only=False
-        )
+        """Continue from a checkpoint folder written by :meth:`save`.
+
+        Loads on the CPU with ``weights_only=True`` (no code runs from the file); the model
+        and optimiser state move to :attr:`device` as they load, RNG states must stay on CPU.
+        """
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=True)
         self.load_state_dict(state)

@@ -15,7 +15,9 @@ Example::
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
+from typing import Any
 
 import albumentations as A
 import numpy as np
@@ -65,6 +67,37 @@ class SegmentationDataset(Dataset):
     def reseed(self, seed: int) -> None:
         """Restart the augmentation random stream (albumentations keeps its own RNG)."""
         self.transform.set_random_seed(int(seed) % 2**32)
+
+    def random_state(self) -> list[dict[str, Any]]:
+        """Each transform's NumPy and Python generator state, in pipeline order.
+
+        Albumentations 2.x gives every transform (and the Compose) its own generators; the
+        states are plain dicts/tuples/ints, so a checkpoint holding them loads with
+        ``weights_only=True``."""
+        return [
+            {"numpy": t.random_generator.bit_generator.state, "python": t.py_random.getstate()}
+            for t in _pipeline(self.transform)
+        ]
+
+    def set_random_state(self, state: list[dict[str, Any]]) -> None:
+        """Put the augmentation generators back where :meth:`random_state` found them."""
+        transforms = list(_pipeline(self.transform))
+        if len(state) != len(transforms):
+            raise ValueError(
+                f"augmentation state has {len(state)} transforms, the pipeline {len(transforms)}"
+            )
+        for t, s in zip(transforms, state, strict=True):
+            t.random_generator.bit_generator.state = s["numpy"]
+            version, internal, gauss = s["python"]
+            t.py_random.setstate((version, tuple(internal), gauss))
+
+
+def _pipeline(transform: A.BaseCompose | A.BasicTransform) -> Iterator[Any]:
+    """The transform and, depth first, every transform nested in its compositions."""
+    yield transform
+    if isinstance(transform, A.BaseCompose):
+        for child in transform.transforms:
+            yield from _pipeline(child)
 
 
 def _synthetic_split(cfg: DataConfig, split: str, count: int, limit: int | None) -> SplitData:
@@ -140,17 +173,18 @@ def build_loaders(
 
     Batches are ``(images float32 [B,3,H,W] ImageNet-normalised, masks int64 [B,H,W])``.
     Train shuffles with a generator seeded by ``seed`` and drops the last partial batch when
-    the set is larger than a batch; workers (``num_workers``) persist between epochs and
-    memory is pinned when ``device_type == "cuda"``.
+    the set is larger than a batch; memory is pinned when ``device_type == "cuda"``.
+
+    Train workers (``num_workers``) start afresh each epoch, seeded from the train generator,
+    so one epoch's shuffling and augmentation follow from that generator's state alone (what
+    makes a resumed run exact); val workers persist, and val has its own generator so that
+    it draws nothing from torch's global RNG.
     """
     train_ds, val_ds, info = build_datasets(cfg)
     train_ds.reseed(seed)
-    generator = torch.Generator()
-    generator.manual_seed(seed)
     common = {
         "batch_size": cfg.batch_size,
         "num_workers": cfg.num_workers,
-        "persistent_workers": cfg.num_workers > 0,
         "pin_memory": device_type == "cuda",
         "collate_fn": PadCollate(cfg.ignore_index),
         "worker_init_fn": _worker_init,
@@ -159,8 +193,15 @@ def build_loaders(
         train_ds,
         shuffle=True,
         drop_last=len(train_ds) > cfg.batch_size,
-        generator=generator,
+        generator=torch.Generator().manual_seed(seed),
         **common,
     )
-    val = DataLoader(val_ds, shuffle=False, drop_last=False, **common)
+    val = DataLoader(
+        val_ds,
+        shuffle=False,
+        drop_last=False,
+        generator=torch.Generator().manual_seed(seed),
+        persistent_workers=cfg.num_workers > 0,
+        **common,
+    )
     return train, val, info

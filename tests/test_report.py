@@ -13,7 +13,7 @@ from matplotlib.image import imread
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from tune_losses.report import TrialRecord, main, param_importances
+from tune_losses.report import TrialRecord, equal_budget, main, param_importances
 
 DICE = "loss.decode.dice.weight"
 CHOICE = "loss.aux.ce.weight.choice"
@@ -203,7 +203,25 @@ def test_report_missing_store_is_not_created(tmp_path, capsys):
 
 
 def _trial(i: int, best: float, status: str = "FINISHED", **params: str) -> TrialRecord:
-    return TrialRecord(f"r{i}", f"t{i}", status, "", "", best, dict(params))
+    history = [] if math.isnan(best) else [(1, 0.8 * best), (2, best)]
+    return TrialRecord(f"r{i}", f"t{i}", status, "", "", best, dict(params), history)
+
+
+def test_importances_are_computed_at_equal_budget():
+    """A trial ASHA stopped at epoch 2 is compared with the others at epoch 2, not with
+    their final values: here the weight that wins late explains nothing at epoch 2."""
+    late = [(1, 10.0), (2, 20.0), (3, 60.0), (4, 80.0)]
+    trials = [
+        TrialRecord("a", "a", "FINISHED", "completed", "4", 80.0, {"loss.w": "0.9"}, late),
+        TrialRecord(
+            "b", "b", "FINISHED", "asha", "2", 30.0, {"loss.w": "0.1"}, late[:1] + [(2, 30.0)]
+        ),
+        TrialRecord("c", "c", "FINISHED", "completed", "4", 70.0, {"loss.w": "0.8"}, late),
+    ]
+    budget, values = equal_budget(trials)
+    assert budget == 2 and values == {"a": 20.0, "b": 30.0, "c": 20.0}
+    imp = param_importances(trials)
+    assert imp.budget == 2 and "up to epoch 2" in imp.to_json()["objective"]
 
 
 def test_importances_conditional_alias_and_too_few():

@@ -40,8 +40,8 @@ def test_conditional_subtrees_are_sampled_only_when_chosen() -> None:
     )
     assert set(params) == {
         "loss.aux.ce.weight.choice",
-        "loss.aux.ce.weight.start",
-        "loss.aux.ce.weight.end",
+        "loss.aux.ce.weight.decay.start",
+        "loss.aux.ce.weight.decay.end",
         "loss.aux.extra.choice",
     }
     weight = tree["loss"]["aux"]["ce"]["weight"]
@@ -56,10 +56,38 @@ def test_conditional_subtrees_are_sampled_only_when_chosen() -> None:
         "loss.aux.ce.weight.choice",
         "loss.aux.ce.weight.constant",
         "loss.aux.extra.choice",
-        "loss.aux.extra.weight",
+        "loss.aux.extra.focal.weight",
     }
     assert tree["loss"]["aux"]["ce"]["weight"] == params["loss.aux.ce.weight.constant"]
     assert tree["loss"]["aux"]["extra"]["gamma"] == 2.0
+
+
+def test_options_never_share_a_parameter() -> None:
+    """The same sub-path in two options (focal's weight uniform, dice's loguniform) gives two
+    Optuna parameters, so TPE neither pools them nor refuses their different distributions."""
+    extra = {
+        "choice": {
+            "focal": {"term": "focal", "weight": {"uniform": [0.1, 1.0]}},
+            "dice": {"term": "dice", "weight": {"loguniform": [0.01, 1.0]}},
+        }
+    }
+    space = SearchSpace({"loss": {"decode": {"ce": {"weight": 1.0}, "extra": extra}}})
+    names = [name for name, _ in space.markers]
+    assert names == [
+        "loss.decode.extra",
+        "loss.decode.extra.focal.weight",
+        "loss.decode.extra.dice.weight",
+    ]
+    study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0, n_startup_trials=2))
+    for i in range(8):
+        trial = study.ask()
+        tree = space.sample(trial)
+        label = trial.params["loss.decode.extra.choice"]
+        assert (
+            tree["loss"]["decode"]["extra"]["weight"]
+            == trial.params[f"loss.decode.extra.{label}.weight"]
+        )
+        study.tell(trial, float(i))
 
 
 def test_marker_kinds_sample_within_bounds() -> None:

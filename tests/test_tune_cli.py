@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from mlflow.tracking import MlflowClient
@@ -63,7 +65,17 @@ def runs_of(uri: str) -> tuple[MlflowClient, list, list]:
 
 @pytest.mark.slow
 def test_search_end_to_end_logs_every_trial(tmp_path: Path) -> None:
+    # two options of one choice hold the same sub-path with different marker kinds
+    extra = {
+        "choice": {
+            "focal": {"term": "focal", "weight": {"uniform": [0.1, 1.0]}},
+            "dice": {"term": "dice", "weight": {"loguniform": [0.01, 1.0]}},
+        }
+    }
     space = write_space(tmp_path / "space.yaml")
+    raw = yaml.safe_load(space.read_text())
+    raw["loss"]["decode"]["extra"] = extra
+    space.write_text(yaml.safe_dump(raw, sort_keys=False))
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     proc = run_cli(
         tmp_path,
@@ -111,6 +123,26 @@ def test_search_end_to_end_logs_every_trial(tmp_path: Path) -> None:
         epochs = len(history)
         assert child.data.tags["epochs_run"] == str(epochs)
     assert "asha" in reasons, reasons
+    for child in children:
+        label = child.data.params["loss.decode.extra.choice"]
+        assert f"loss.decode.extra.{label}.weight" in child.data.params
+
+    # the stored study: one Optuna trial per Ray trial, told how each really ended
+    (run_dir,) = (tmp_path / "ray").iterdir()
+    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
+    assert len(study.trials) == len(children) == 6
+    by_id = {c.data.tags["ray.trial_id"]: c for c in children}
+    states = {}
+    for trial in study.trials:
+        assert trial.intermediate_values, "every epoch is reported to Optuna"
+        states[trial.state.name] = states.get(trial.state.name, 0) + 1
+    assert states.get("FAIL", 0) == 0 and states.get("RUNNING", 0) == 0
+    stopped = sum(c.data.tags["stop_reason"] == "asha" for c in by_id.values())
+    assert states.get("PRUNED", 0) == stopped >= 1
+    assert states.get("COMPLETE", 0) == len(children) - stopped
+    for trial in study.trials:
+        if trial.state.name == "COMPLETE":
+            assert trial.value == pytest.approx(max(trial.intermediate_values.values()))
 
     arts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"leaderboard.csv", "best_config.yaml", "space"} <= arts
@@ -302,3 +334,74 @@ def test_cli_bad_space_is_one_line_exit_2(
     assert main(["--space", str(bad), "--dry-run"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith(f"error: {bad}: train.epochs:") and "\n" not in err
+
+
+@pytest.mark.slow
+def test_pbt_search_learns_a_schedule_that_train_replays(tmp_path: Path) -> None:
+    """PBT mutates constant weights at exploits; the winner's applied weights per epoch
+    become step schedules in best_config.yaml, and tune_losses.train replays them."""
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": 6, "lr": 0.005, "early_stopping": {"patience": None}},
+        search={
+            "scheduler": "pbt",
+            "num_samples": 4,
+            "max_concurrent": 4,
+            "cpus_per_trial": 0.5,
+            "perturbation_interval": 2,
+        },
+        loss={
+            "decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}},
+            "aux": {"ce": {"weight": {"uniform": [0.05, 1.0]}}},
+        },
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    storage = tmp_path / "ray"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    proc = run_cli(tmp_path, *args, "--storage", str(storage))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    client, parents, children = runs_of(uri)
+    assert len(parents) == 1 and len(children) == 4
+    assert len({c.data.tags["ray.trial_id"] for c in children}) == 4
+    changed = cloned = 0
+    for child in children:
+        history = client.get_metric_history(child.info.run_id, "weight/decode/dice")
+        steps = sorted(m.step for m in history)
+        assert steps == list(range(1, len(steps) + 1)), "one value per epoch"
+        changed += len({round(m.value, 12) for m in history}) > 1
+        cloned += "pbt.cloned_from" in child.data.tags
+    assert changed >= 1 and cloned >= 1, "no member was perturbed:\n" + proc.stdout[-4000:]
+
+    (run_dir,) = storage.iterdir()
+    best = yaml.safe_load((run_dir / "best_config.yaml").read_text())
+    learned = best["loss"]["decode"]["dice"]["weight"]
+    assert learned["schedule"] == "step" and len(learned["values"]) == best["train"]["epochs"]
+
+    out = tmp_path / "replay"
+    replay = subprocess.run(
+        [sys.executable, "-m", "tune_losses.train", "--config", str(run_dir / "best_config.yaml")]
+        + ["--out", str(out)],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert replay.returncode == 0, replay.stderr[-3000:]
+    epochs = json.loads((out / "history.json").read_text())
+    for head, term in (("decode", "dice"), ("aux", "ce")):
+        values = best["loss"][head][term]["weight"]["values"]
+        applied = [e[f"weight/{head}/{term}"] for e in epochs]
+        assert applied == pytest.approx(values, rel=1e-9, abs=1e-12)
+    # after its last exploit (or throughout, if never cloned) the winner logged these weights
+    winner = next(c for c in children if c.data.tags["ray.trial_id"] == best_trial(parents[0]))
+    last_clone = int(winner.data.tags.get("pbt.cloned_from", "x@0").rsplit("@", 1)[1])
+    logged = client.get_metric_history(winner.info.run_id, "weight/decode/dice")
+    own = {m.step: m.value for m in logged if m.step > last_clone}
+    for step, value in own.items():
+        assert learned["values"][step - 1] == pytest.approx(value, rel=1e-9)
+
+
+def best_trial(parent) -> str:
+    return parent.data.tags["best_trial"]

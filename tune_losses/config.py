@@ -190,6 +190,12 @@ SEARCH_METRICS = (
 )
 
 
+def best_metric_name(metric: str) -> str:
+    """The best-so-far value of ``metric`` that a trial reports and MLflow keeps:
+    ``val/mIoU`` -> ``best_val_mIoU``, ``val/boundary_IoU`` -> ``best_val_boundary_IoU``."""
+    return "best_" + metric.replace("/", "_")
+
+
 class SearchConfig(_Strict):
     """Ray Tune settings: Optuna TPE proposes, ASHA stops the weak trials."""
 
@@ -207,7 +213,9 @@ class SearchConfig(_Strict):
 
     num_samples: int = Field(8, ge=1)
     max_concurrent: int = Field(2, ge=1)
-    scheduler: Literal["asha", "fifo"] = "asha"
+    scheduler: Literal["asha", "fifo", "pbt", "pb2"] = "asha"
+    perturbation_interval: int = Field(2, ge=1)
+    optuna_storage: str | None = None
     grace_period: int = Field(1, ge=1)
     reduction_factor: int = Field(2, ge=2)
     n_startup_trials: int = Field(4, ge=1)
@@ -215,6 +223,11 @@ class SearchConfig(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0.0)
     gpus_per_trial: float = Field(0.0, ge=0.0)
     checkpoint_keep: int = Field(2, ge=1)
+
+    @property
+    def best_metric(self) -> str:
+        """What Optuna learns from and trials rank by: see :func:`best_metric_name`."""
+        return best_metric_name(self.metric)
 
 
 class TrackingConfig(_Strict):

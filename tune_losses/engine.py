@@ -188,6 +188,8 @@ class Trainer:
         self.best_epoch = 0
         self.best_confmat: Tensor | None = None
         self.best_per_class: list[float] = []
+        self.search_best: float | None = None
+        self.weight_history: list[dict[str, float]] = []
         self.reference = -math.inf
         self.bad_epochs = 0
         self.stopped_early = False
@@ -280,9 +282,26 @@ class Trainer:
                     "lr": self.optimizer.param_groups[0]["lr"],
                     "time/epoch_s": time.perf_counter() - t0,
                     "early_stopped": float(self.stopped_early),
+                    "epochs_max": self.exp.train.epochs,
                 }
             )
+            self._track_search_best(result)
+            prefix = "weight/"
+            weights = {k[len(prefix) :]: v for k, v in result.items() if k.startswith(prefix)}
+            self.weight_history.append(weights)
             yield result
+
+    def _track_search_best(self, result: dict[str, float]) -> None:
+        """Add the best value so far of ``search.metric`` (per ``search.mode``) as
+        ``search.best_metric``: what a search ranks and learns from, whatever its metric."""
+        search = self.exp.search
+        value = result.get(search.metric)
+        if value is not None and math.isfinite(value):
+            best = self.search_best
+            if best is None or (value > best if search.mode == "max" else value < best):
+                self.search_best = float(value)
+        if self.search_best is not None:
+            result[search.best_metric] = self.search_best
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next epoch depends on, so a resumed run repeats it exactly.
@@ -304,6 +323,8 @@ class Trainer:
             "reference": self.reference,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
+            "search_best": self.search_best,
+            "weight_history": self.weight_history,
             "rng": self.rng_state(),
         }
 
@@ -316,6 +337,8 @@ class Trainer:
         for key in ("epoch", "best", "best_epoch", "best_confmat", "best_per_class", "reference"):
             setattr(self, key, state[key])
         self.bad_epochs, self.stopped_early = state["bad_epochs"], state["stopped_early"]
+        self.search_best = state.get("search_best")
+        self.weight_history = list(state.get("weight_history", []))
         if "rng" in state:
             self.load_rng_state(state["rng"])
         else:  # a checkpoint from before exact resume held the torch CPU RNG only
@@ -374,6 +397,7 @@ class Trainer:
             "confmat": None if self.best_confmat is None else self.best_confmat.tolist(),
             "class_frequencies": [float(f) for f in self.info.class_frequencies],
             "loss_setup": self.loss.describe(),
+            "weight_history": self.weight_history,
         }
 
     def save(self, directory: str | Path) -> Path:

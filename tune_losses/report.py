@@ -74,11 +74,19 @@ class Importances:
     aliases: dict[str, list[str]]
     evaluator: str
     message: str | None = None
+    budget: int | None = None
+
+    @property
+    def objective(self) -> str:
+        """What the importances explain: the best val mIoU within the same epoch budget."""
+        where = f" up to epoch {self.budget}" if self.budget else ""
+        return f"best {CURVE_METRIC}{where} (the epochs every trial ran)"
 
     def to_json(self) -> dict[str, Any]:
         return {
             "evaluator": self.evaluator,
-            "objective": BEST_METRIC,
+            "objective": self.objective,
+            "budget_epochs": self.budget,
             "n_trials": self.n_trials,
             "params": self.params,
             "importances": self.values,
@@ -139,8 +147,25 @@ def _as_number(text: str) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def equal_budget(trials: Sequence[TrialRecord]) -> tuple[int, dict[str, float]]:
+    """The highest epoch every trial with a ``val/mIoU`` history reached, and each such
+    trial's best ``val/mIoU`` up to it: values comparable across trials that ASHA stopped
+    at different rungs (their ``best_val_mIoU`` would rank survival, not the weights)."""
+    with_curve = [t for t in trials if t.history]
+    if not with_curve:
+        return 0, {}
+    budget = min(t.history[-1][0] for t in with_curve)
+    values = {}
+    for t in with_curve:
+        seen = [v for step, v in t.history if step <= budget and math.isfinite(v)]
+        if seen:
+            values[t.run_id] = max(seen)
+    return budget, values
+
+
 def param_importances(trials: Sequence[TrialRecord], seed: int = 0) -> Importances:
-    """fANOVA importances of the ``loss.*`` params for ``best_val_mIoU``.
+    """fANOVA importances of the ``loss.*`` params for the best ``val/mIoU`` at equal budget
+    (:func:`equal_budget`).
 
     Rebuilds an in-memory Optuna study from the FINISHED trials (see the module
     docstring for the distributions and which params are used) and calls
@@ -153,12 +178,14 @@ def param_importances(trials: Sequence[TrialRecord], seed: int = 0) -> Importanc
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     evaluator_name = "FanovaImportanceEvaluator"
-    done = [t for t in trials if t.status == "FINISHED" and math.isfinite(t.best)]
-    result = Importances({}, len(done), [], {}, {}, evaluator_name)
+    finished = [t for t in trials if t.status == "FINISHED"]
+    budget, at_budget = equal_budget(finished)
+    done = [t for t in finished if t.run_id in at_budget]
+    result = Importances({}, len(done), [], {}, {}, evaluator_name, budget=budget or None)
     if len(done) < MIN_TRIALS:
         result.message = (
-            f"importances need >= {MIN_TRIALS} finished trials with {BEST_METRIC} "
-            f"(have {len(done)})"
+            f"importances need >= {MIN_TRIALS} finished trials with a {CURVE_METRIC} "
+            f"history (have {len(done)})"
         )
         return result
     all_keys = sorted({k for t in done for k in t.params})
@@ -207,7 +234,9 @@ def param_importances(trials: Sequence[TrialRecord], seed: int = 0) -> Importanc
         study.add_trials(
             [
                 optuna.trial.create_trial(
-                    value=t.best, params=values[t.run_id], distributions=distributions
+                    value=at_budget[t.run_id],
+                    params=values[t.run_id],
+                    distributions=distributions,
                 )
                 for t in done
             ]
@@ -220,7 +249,7 @@ def param_importances(trials: Sequence[TrialRecord], seed: int = 0) -> Importanc
     finally:
         optuna.logging.set_verbosity(verbosity)
     if any(not math.isfinite(v) for v in raw.values()):
-        result.message = f"importances undefined ({BEST_METRIC} does not vary)"
+        result.message = f"importances undefined (the {result.objective} does not vary)"
         return result
     result.values = {k: float(v) for k, v in raw.items()}
     return result
@@ -274,8 +303,11 @@ def plot_importances(importances: Importances, path: Path) -> Path | None:
     fig = Figure(figsize=(7, 1.2 + 0.4 * len(items)), layout="constrained")
     ax = fig.add_subplot()
     ax.barh([k for k, _ in items], [v for _, v in items], color="C0")
-    ax.set_xlabel(f"importance for {BEST_METRIC} (fANOVA, sums to 1)")
-    ax.set_title(f"parameter importances ({importances.n_trials} finished trials)")
+    ax.set_xlabel("importance (fANOVA, sums to 1)")
+    ax.set_title(
+        f"parameter importances ({importances.n_trials} finished trials, "
+        f"epoch budget {importances.budget})"
+    )
     ax.set_xlim(0, max(1.0, max(v for _, v in items)))
     fig.savefig(path, dpi=110)
     return path
@@ -323,7 +355,10 @@ def print_importances(importances: Importances, file: Any = None) -> None:
     if not importances.values:
         console.print(Text(f"parameter importances: {importances.message}"))
         return
-    table = Table(title=f"Parameter importances (fANOVA, {importances.n_trials} finished trials)")
+    table = Table(
+        title=f"Parameter importances (fANOVA, {importances.n_trials} finished trials) "
+        f"for the {importances.objective}"
+    )
     table.add_column("param")
     table.add_column("importance", justify="right")
     table.add_column("")

@@ -131,3 +131,12 @@ def build_schedule(spec: float | Mapping) -> Schedule:
         return SCHEDULES[name](**fields)
     except TypeError as exc:
         raise ValueError(f"bad fields for schedule {name!r}: {exc}") from exc
+
+
+def step_values(values: Sequence[float]) -> dict[str, object]:
+    """The ``step`` schedule that applies ``values[e]`` during the e-th of ``len(values)``
+    equal parts of training (epochs): milestones at ``k / len(values)``, the progress of
+    the first step of epoch k, so replaying a per-epoch weight history is exact."""
+    n = len(values)
+    milestones = [k / n for k in range(1, n)]
+    return {"schedule": "step", "values": [float(v) for v in values], "milestones": milestones}

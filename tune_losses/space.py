@@ -5,9 +5,11 @@ A marker is a one-key mapping standing where a value stands:
 ``{choice: [a, b, ...]}`` or ``{choice: {label: a, ...}}`` (options may be whole
 sub-trees; only the chosen one's markers are sampled), ``{grid: [a, b, ...]}``.
 
-Parameter names are config paths (``loss.aux.ce.weight.start``). A choice at path
-``P`` is the categorical ``P.choice``; markers inside its chosen option are named
-``P.<key>`` for a mapping option and ``P.<label>`` when the option is itself a marker.
+Parameter names are config paths (``loss.decode.dice.weight``). A choice at path ``P``
+is the categorical ``P.choice``; a marker inside its option ``label`` is named from
+``P.<label>``: ``P.<label>`` when the option is itself a marker, ``P.<label>.<key>``
+inside a mapping option. Two options therefore never share an Optuna parameter, even
+when they hold the same sub-path with different distributions.
 A space whose markers are all ``grid`` is searched exhaustively (Optuna's GridSampler);
 mixed with random markers, ``grid`` behaves like ``choice``.
 
@@ -112,8 +114,7 @@ def _walk_markers(node: Any, path: str = "") -> Iterator[tuple[str, Mapping[str,
     if kind in ("choice", "grid"):
         yield path, node
         for label, opt in _options(path, node).items():
-            inner = _join(path, label) if marker_of(opt) else path
-            yield from _walk_markers(opt, inner)
+            yield from _walk_markers(opt, _join(path, label))
     elif kind is not None:
         yield path, node
     elif isinstance(node, Mapping):
@@ -131,7 +132,7 @@ def _resolve(node: Any, path: str, pick: Callable[[str, Mapping[str, Any]], Any]
         opts = _options(path, node)
         label = pick(path, node)
         opt = opts[label]
-        return _resolve(opt, _join(path, label) if marker_of(opt) else path, pick)
+        return _resolve(opt, _join(path, label), pick)
     if kind is not None:
         return pick(path, node)
     if isinstance(node, Mapping):
@@ -216,6 +217,26 @@ class SearchSpace:
             return trial.suggest_float(name, float(lo), float(hi), log=kind == "loguniform")
 
         return _resolve(self.raw, "", pick)
+
+    def resolve(self, params: Mapping[str, Any]) -> Experiment:
+        """The validated experiment for sampled ``params`` (Optuna names, as in
+        ``trial.params``): how a trial's config is rebuilt after PBT changed a value."""
+
+        def pick(name: str, node: Mapping[str, Any]) -> Any:
+            kind = marker_of(node)
+            if kind in ("choice", "grid"):
+                return params[_categorical_name(name, node)]
+            return params[name]
+
+        return self.validate(_resolve(self.raw, "", pick))
+
+    def numeric_markers(self) -> dict[str, tuple[str, float, float]]:
+        """``{name: (kind, low, high)}`` of every uniform, loguniform and int marker."""
+        return {
+            name: (marker_of(node), *_bounds(name, node))
+            for name, node in self.markers
+            if marker_of(node) in ("uniform", "loguniform", "int")
+        }
 
     def define_by_run(self) -> Callable[[SuggestTrial], dict[str, Any]]:
         """The function ``OptunaSearch(space=...)`` calls: samples, returns the concrete tree."""

@@ -30,7 +30,7 @@ from mlflow.entities import Metric, Param, Run, RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tune_losses.config import flatten
+from tune_losses.config import best_metric_name, flatten
 
 KIND_TAG = "tune_losses.kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -38,6 +38,8 @@ TRIAL_TAG = "ray.trial_id"
 STOP_TAG = "stop_reason"
 EPOCHS_TAG = "epochs_run"
 ERROR_TAG = "error"
+CLONED_TAG = "pbt.cloned_from"  # the last PBT exploit: "<donor trial>@<epoch>"
+LINEAGE_TAG = "pbt.lineage"  # every exploit, oldest first, comma-separated
 BEST_METRIC = "best_val_mIoU"
 CURVE_METRIC = "val/mIoU"
 PARAM_PREFIX = "loss."
@@ -60,7 +62,7 @@ class TrackingError(ValueError):
 def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     """Flat params of one trial: the sampled values plus the resolved config (loss first)."""
     exp = config.get("experiment", {})
-    params: dict[str, Any] = {k: v for k, v in config.items() if k != "experiment"}
+    params = {k: v for k, v in config.items() if k != "experiment"}
     for section in ("loss", "model", "train", "data"):
         for key, value in flatten(exp.get(section, {}), section).items():
             params.setdefault(key, value)
@@ -69,8 +71,8 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of an epoch's result worth plotting (ours, not Ray's bookkeeping)."""
-    keep = ("train/", "val/", "weight/", "time/")
-    extra = ("lr", BEST_METRIC, "best_epoch", "epoch")
+    keep = ("train/", "val/", "weight/", "time/", "best_")
+    extra = ("lr", "epoch")
     out = {}
     for key, value in result.items():
         if (key.startswith(keep) or key in extra) and isinstance(value, int | float):
@@ -85,7 +87,7 @@ def stop_reason(last_result: Mapping[str, Any], max_epochs: int, failed: bool) -
         return "error"
     if last_result.get("early_stopped"):
         return "early_stopping"
-    if int(last_result.get("epoch", 0)) >= max_epochs:
+    if int(last_result.get("epoch", 0)) >= int(last_result.get("epochs_max", max_epochs)):
         return "completed"
     return "asha"
 
@@ -237,6 +239,15 @@ class SearchTracker(_Writer):
         ts = int(1000 * float(result.get("timestamp", time.time())))
         self.log_metrics(run_id, result, step, ts)
 
+    def trial_cloned(self, trial_id: str, donor: str) -> None:
+        """Record that PBT restarted the trial from ``donor`` (``"<trial>@<epoch>"``)."""
+        run_id = self.children.get(trial_id)
+        if run_id is None:
+            return
+        lineage = self.client.get_run(run_id).data.tags.get(LINEAGE_TAG)
+        self.client.set_tag(run_id, CLONED_TAG, donor)
+        self.client.set_tag(run_id, LINEAGE_TAG, f"{lineage},{donor}" if lineage else donor)
+
     def trial_ended(
         self,
         trial_id: str,
@@ -257,8 +268,6 @@ class SearchTracker(_Writer):
         self.client.set_tag(run_id, EPOCHS_TAG, str(int(last_result.get("epoch", 0))))
         if error:
             self.client.set_tag(run_id, ERROR_TAG, error[:5000])
-        if BEST_METRIC in last_result:
-            self.client.log_metric(run_id, BEST_METRIC, float(last_result[BEST_METRIC]))
         if summary is not None:
             self.log_best_epoch(run_id, summary)
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
@@ -347,9 +356,20 @@ class TrialRecord:
     trial_id: str = ""
 
 
+def ranking(parent: Run) -> tuple[str, str]:
+    """``(metric, mode)`` a search ranks its trials by: its ``search.metric`` and
+    ``search.mode`` params (``val/mIoU``, ``max`` for a search that did not log them)."""
+    params = parent.data.params
+    return params.get("search.metric", CURVE_METRIC), params.get("search.mode", "max")
+
+
 def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
     """Every child run of ``parent`` with its ``loss.*`` params and ``val/mIoU`` history,
-    best first (trials with no value last)."""
+    best first by the search's metric and mode (:func:`ranking`), trials with no value last.
+    ``TrialRecord.best`` is the trial's best value of that metric."""
+    metric, mode = ranking(parent)
+    best_key = best_metric_name(metric)
+    sign = -1.0 if mode == "max" else 1.0
     pid = parent.info.run_id
     children = search_all(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{pid}'")
     trials = []
@@ -359,8 +379,8 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
         for m in sorted(history, key=lambda m: m.timestamp):  # a retried epoch: keep the last
             by_step[int(m.step)] = float(m.value)
         curve = sorted(by_step.items())
-        best = child.data.metrics.get(BEST_METRIC)
-        if best is None:
+        best = child.data.metrics.get(best_key)
+        if best is None and metric == CURVE_METRIC:
             best = max((v for _, v in curve if math.isfinite(v)), default=math.nan)
         tags = child.data.tags
         trials.append(
@@ -370,13 +390,15 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
                 status=child.info.status,
                 stop_reason=tags.get(STOP_TAG, ""),
                 epochs_run=tags.get(EPOCHS_TAG, ""),
-                best=float(best),
+                best=math.nan if best is None else float(best),
                 params={k: v for k, v in child.data.params.items() if k.startswith(PARAM_PREFIX)},
                 history=curve,
                 trial_id=tags.get(TRIAL_TAG, ""),
             )
         )
-    trials.sort(key=lambda t: (not math.isfinite(t.best), -t.best if math.isfinite(t.best) else 0))
+    trials.sort(
+        key=lambda t: (not math.isfinite(t.best), sign * t.best if math.isfinite(t.best) else 0)
+    )
     return trials
 
 

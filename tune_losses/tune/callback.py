@@ -17,6 +17,7 @@ from ray import tune
 
 from tune_losses.engine import read_summary
 from tune_losses.tracking import BEST_METRIC, CURVE_METRIC, SearchTracker
+from tune_losses.tune.trainable import CLONED_FROM, EXPERIMENT_KEY, trial_values
 
 
 class TrialLogger(tune.Callback):
@@ -52,8 +53,9 @@ class TrialLogger(tune.Callback):
     def on_trial_start(
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
     ) -> None:
-        self.tracker.trial_started(trial.trial_id, str(trial), trial.config)
-        sampled = {k: v for k, v in trial.config.items() if k != "experiment"}
+        values = trial_values(trial.config)
+        self.tracker.trial_started(trial.trial_id, str(trial), values)
+        sampled = {k: v for k, v in values.items() if k != EXPERIMENT_KEY}
         shown = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sampled.items()
         )
@@ -64,6 +66,9 @@ class TrialLogger(tune.Callback):
     ) -> None:
         step = int(result.get("training_iteration", result.get("epoch", 0)))
         self.tracker.trial_result(trial.trial_id, result, step)
+        if CLONED_FROM in result:
+            self.tracker.trial_cloned(trial.trial_id, str(result[CLONED_FROM]))
+            self._say(f"{trial.trial_id} cloned from {result[CLONED_FROM]} (PBT exploit)")
         self._say(
             f"{trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs}"
             f"  val mIoU {result.get(CURVE_METRIC, math.nan):.2f}"

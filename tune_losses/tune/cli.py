@@ -58,6 +58,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gpus-per-trial", type=float, help="GPUs per trial (search.gpus_per_trial)")
     p.add_argument("--seed", type=int, help="sampler seed (search.seed)")
     p.add_argument(
+        "--scheduler",
+        choices=("asha", "fifo", "pbt", "pb2"),
+        help="trial scheduler (search.scheduler): ASHA stops, PBT/PB2 mutate the weights",
+    )
+    p.add_argument(
         "--dry-run",
         action="store_true",
         help="validate the space and print a few sampled trial configs; train nothing",
@@ -72,6 +77,7 @@ def load_space(args: argparse.Namespace) -> SearchSpace:
         "search.cpus_per_trial": args.cpus_per_trial,
         "search.gpus_per_trial": args.gpus_per_trial,
         "search.seed": args.seed,
+        "search.scheduler": args.scheduler,
         "tracking.uri": args.tracking_uri,
         "tracking.experiment": args.experiment,
     }
@@ -175,7 +181,7 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker:
 
     from tune_losses.tune.callback import TrialLogger
     from tune_losses.tune.trainable import train_trial
-    from tune_losses.tune.tuner import new_tuner, restore_tuner
+    from tune_losses.tune.tuner import new_tuner, restore_tuner, study_storage
 
     cfg = space.experiment.search
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -195,31 +201,48 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker:
         tuner = restore_tuner(search.run_dir, trainable)
     else:
         logger = TrialLogger(tracker, search.state["max_epochs"])
-        tuner = new_tuner(space, trainable, search.name, search.storage, logger)
+        study = study_storage(cfg, search.run_dir if search.local else None)
+        tuner = new_tuner(space, trainable, search.name, search.storage, logger, study)
     return tuner.fit()
 
 
-def _summarize(search: _Search, tracker: Any, results: Any, uri: str) -> int:
+def _best_config(result: Any, scheduler: str) -> dict[str, Any]:
+    """The winner's experiment; after PBT/PB2 with the weights it learned along its lineage
+    written as ``step`` schedules (from its last checkpoint), so a retrain replays them."""
+    from tune_losses.engine import read_summary
+    from tune_losses.tune.pbt import learned_experiment
+    from tune_losses.tune.trainable import EXPERIMENT_KEY, trial_values
+
+    experiment = trial_values(result.config)[EXPERIMENT_KEY]
+    if scheduler not in ("pbt", "pb2") or result.checkpoint is None:
+        return experiment
+    with result.checkpoint.as_directory() as directory:
+        summary = read_summary(directory) or {}
+    history = summary.get("weight_history")
+    return learned_experiment(experiment, history) if history else experiment
+
+
+def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> int:
     """Leaderboard (from MLflow) printed and logged, best config written; the exit code."""
+    from tune_losses.config import best_metric_name
     from tune_losses.report import print_leaderboard
-    from tune_losses.tracking import leaderboard_csv, leaderboard_rows, load_trials
+    from tune_losses.tracking import leaderboard_csv, leaderboard_rows, load_trials, ranking
 
     parent = tracker.client.get_run(tracker.parent_id)
     trials = load_trials(tracker.client, parent)
-    configs = {
-        (r.metrics or {}).get("trial_id"): (r.config or {}).get("experiment") for r in results
-    }
+    metric, mode = ranking(parent)
+    by_id = {(r.metrics or {}).get("trial_id"): r for r in results}
     ok = [t for t in trials if t.status == "FINISHED" and math.isfinite(t.best)]
     best_yaml, best = None, {}
-    if ok and configs.get(ok[0].trial_id) is not None:
-        best_yaml = yaml.safe_dump(configs[ok[0].trial_id], sort_keys=False)
-        best = {"best_val_mIoU": ok[0].best, "best_trial": ok[0].trial_id}
+    if ok and ok[0].trial_id in by_id:
+        best_yaml = yaml.safe_dump(_best_config(by_id[ok[0].trial_id], scheduler), sort_keys=False)
+        best = {best_metric_name(metric): ok[0].best, "best_trial": ok[0].trial_id}
     tracker.finish(leaderboard_csv(leaderboard_rows(trials)), best_yaml, best)
-    print_leaderboard(trials, f"Leaderboard of {search.name} (best val mIoU, %)")
+    print_leaderboard(trials, f"Leaderboard of {search.name} (best {metric}, {mode})")
     if best_yaml is not None and search.local:
         (search.run_dir / "best_config.yaml").write_text(best_yaml)
         print(f"best config: {search.run_dir / 'best_config.yaml'}")
-    print(f"review it:  mlflow ui --backend-store-uri {uri}")
+    print(f"review it:  mlflow ui --backend-store-uri {search.state['tracking_uri']}")
     return 0 if ok else 1
 
 
@@ -247,7 +270,7 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
             file=sys.stderr,
         )
         return 130
-    return _summarize(search, tracker, results, search.state["tracking_uri"])
+    return _summarize(search, tracker, results, space.experiment.search.scheduler)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -12,6 +12,7 @@ from tune_losses.config import ConfigError
 
 STATE_FILE = "tune_losses.json"
 TUNER_FILE = "tuner.pkl"  # written by Ray's Tuner; its presence makes a folder resumable
+STUDY_FILE = "optuna.db"  # the Optuna study, unless search.optuna_storage names another
 
 
 def storage_root(storage: str | None) -> str:

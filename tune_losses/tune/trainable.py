@@ -1,14 +1,18 @@
 """The Ray Tune function trainable: one trial = one :class:`~tune_losses.engine.Trainer` run.
 
 Reports every epoch with a checkpoint, and resumes from ``tune.get_checkpoint()`` when
-Ray retries a failed trial or a search is resumed. MLflow is not touched here: the
+Ray retries a failed trial, a search is resumed, or PBT clones another trial's checkpoint
+(then the first result names the donor and epoch). MLflow is not touched here: the
 driver logs (:mod:`tune_losses.tune.callback`), so workers need no access to the
 tracking server.
 """
 
 from __future__ import annotations
 
+import json
 import tempfile
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -19,20 +23,39 @@ from tune_losses.config import Experiment
 from tune_losses.engine import Trainer
 
 EXPERIMENT_KEY = "experiment"
+MEMBER_KEY = "member"  # PBT/PB2: a member's sampled values and experiment, under one key
+ORIGIN_FILE = "origin.json"  # which trial wrote a checkpoint, at which epoch
+CLONED_FROM = "pbt/cloned_from"  # in the first result after a PBT exploit: "<trial>@<epoch>"
+
+
+def trial_values(config: Mapping[str, Any]) -> dict[str, Any]:
+    """A trial's sampled values (Optuna names) and ``experiment``, whichever the scheduler:
+    Optuna puts them at the top of the config, PBT under ``member``."""
+    return dict(config.get(MEMBER_KEY) or config)
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """Train the concrete experiment in ``config["experiment"]``, reporting each epoch."""
-    exp = Experiment.model_validate(config[EXPERIMENT_KEY])
+    """Train the concrete experiment of the trial's config, reporting each epoch."""
+    exp = Experiment.model_validate(trial_values(config)[EXPERIMENT_KEY])
     if exp.train.threads is None:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
     trainer = Trainer(exp)
+    me = tune.get_context().get_trial_id()
+    origin: dict[str, Any] = {}
     checkpoint = tune.get_checkpoint()
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
             trainer.load(directory)
+            path = Path(directory) / ORIGIN_FILE
+            if path.is_file():
+                origin = json.loads(path.read_text())
     for result in trainer.epochs():
+        if origin.get("trial_id") not in (None, me):  # PBT cloned this trial from another
+            result[CLONED_FROM] = f"{origin['trial_id']}@{origin['epoch']}"
+        origin = {}
         with tempfile.TemporaryDirectory() as directory:
             trainer.save(directory)
+            origin_of = {"trial_id": me, "epoch": trainer.epoch}
+            (Path(directory) / ORIGIN_FILE).write_text(json.dumps(origin_of))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))

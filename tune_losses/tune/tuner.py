@@ -15,7 +15,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune_losses.config import SearchConfig
 from tune_losses.space import SearchSpace
-from tune_losses.tracking import BEST_METRIC, CURVE_METRIC
+from tune_losses.tune.state import STUDY_FILE
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -34,8 +34,9 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
 
 
 def make_scheduler(search: SearchConfig, max_epochs: int) -> TrialScheduler:
-    """ASHA on ``search.metric`` (one rung per ``reduction_factor``), or plain FIFO."""
-    if search.scheduler == "fifo":
+    """ASHA on ``search.metric`` (one rung per ``reduction_factor``), or plain FIFO
+    (PBT and PB2: :func:`tune_losses.tune.pbt.make_pbt`)."""
+    if search.scheduler != "asha":
         return FIFOScheduler()
     return ASHAScheduler(
         time_attr="training_iteration",
@@ -47,23 +48,83 @@ def make_scheduler(search: SearchConfig, max_epochs: int) -> TrialScheduler:
     )
 
 
+class TellingOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that tells Optuna how each trial really ended.
+
+    Ray's searcher reports every epoch as an intermediate value but then tells COMPLETE,
+    with the last value, for a trial the scheduler stopped, so TPE ranks a 2-epoch trial's
+    value as final. Here a trial that stopped before its own ``train.epochs`` without early
+    stopping is PRUNED (Optuna then takes its last intermediate value and ranks it below
+    complete trials, as for its own pruners), an errored trial is FAIL, and a completed or
+    early-stopped trial is COMPLETE.
+    """
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return super().on_trial_complete(trial_id, result, error)
+        state = trial_state(result, error)
+        ot_trial = self._ot_trials[trial_id]
+        value = (result or {}).get(self.metric)
+        step = (result or {}).get("training_iteration")
+        if state != "FAIL" and (value is None or step is None):
+            state = "FAIL"  # nothing to rank it by
+        if state != "FAIL" and not isinstance(self.metric, list):
+            # a trial's last epoch (where it completed or was stopped) reaches
+            # on_trial_complete only: report it too, so the study holds every epoch
+            ot_trial.report(float(value), int(step))
+        if state == "COMPLETE":
+            return super().on_trial_complete(trial_id, result, error)
+        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState[state])
+        self._completed_trials.add(trial_id)
+        return None
+
+
+def trial_state(result: dict[str, Any] | None, error: bool) -> str:
+    """The Optuna state of a finished Ray trial: FAIL, PRUNED (stopped by the scheduler
+    before its ``train.epochs``) or COMPLETE (ran them all, or stopped early on patience)."""
+    if error or not result:
+        return "FAIL"
+    if result.get("early_stopped") or result.get("epoch", 0) >= result.get("epochs_max", 0):
+        return "COMPLETE"
+    return "PRUNED"
+
+
+def study_storage(search: SearchConfig, run_dir: Path | None) -> optuna.storages.BaseStorage | None:
+    """The Optuna storage of a search: ``search.optuna_storage`` (e.g. the team's
+    PostgreSQL), else ``sqlite:///<run dir>/optuna.db`` for a local run folder."""
+    url = search.optuna_storage
+    if url is None and run_dir is not None:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        url = f"sqlite:///{run_dir / STUDY_FILE}"
+    if url is None:
+        return None
+    return optuna.storages.RDBStorage(url)
+
+
 def new_tuner(
     space: SearchSpace,
     trainable: Callable[..., Any],
     name: str,
-    storage: str,
+    results: str,
     callback: tune.Callback,
+    storage: optuna.storages.BaseStorage | None = None,
 ) -> tune.Tuner:
-    """A fresh Tuner over ``space`` whose trial events go to ``callback``."""
+    """A fresh Tuner over ``space`` writing to ``results``/``name``, trial events to
+    ``callback``, the Optuna study (named ``name``) to ``storage``."""
     search = space.experiment.search
-    # Optuna learns from a trial's last report: give it the trial's best so far, so that
-    # an early-stopped trial is not judged by its last (worse) epochs
-    learn_from = BEST_METRIC if search.metric == CURVE_METRIC else search.metric
-    searcher = OptunaSearch(
+    if search.scheduler in ("pbt", "pb2"):
+        return _population_tuner(space, trainable, name, results, callback)
+    # Optuna learns from the best value so far of search.metric, so that an early-stopped
+    # trial is not judged by its last (worse) epochs
+    searcher = TellingOptunaSearch(
         space=space.define_by_run(),
-        metric=learn_from,
+        metric=search.best_metric,
         mode=search.mode,
         sampler=make_sampler(space),
+        storage=storage,
+        study_name=name,
     )
     return tune.Tuner(
         trainable,
@@ -72,14 +133,57 @@ def new_tuner(
             scheduler=make_scheduler(search, space.max_epochs),
             num_samples=space.grid_size() or search.num_samples,
         ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            callbacks=[callback],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=search.checkpoint_keep),
-            failure_config=tune.FailureConfig(max_failures=1),
-            verbose=0,
+        run_config=_run_config(search, name, results, callback),
+    )
+
+
+def _population_tuner(
+    space: SearchSpace,
+    trainable: Callable[..., Any],
+    name: str,
+    results: str,
+    callback: tune.Callback,
+) -> tune.Tuner:
+    """PBT/PB2: the population sampled here, handed to Ray as plain configs."""
+    from tune_losses.tune.pbt import initial_population, make_pbt
+    from tune_losses.tune.trainable import MEMBER_KEY
+
+    search = space.experiment.search
+    members = initial_population(space, search.num_samples, search.seed)
+    return tune.Tuner(
+        trainable,
+        param_space={MEMBER_KEY: tune.grid_search(members)},
+        tune_config=tune.TuneConfig(
+            scheduler=make_pbt(space, search),
+            max_concurrent_trials=search.max_concurrent,
+            trial_dirname_creator=_short_dirname,
         ),
+        run_config=_run_config(search, name, results, callback),
+    )
+
+
+def _short_dirname(trial: Any) -> str:
+    """``<trainable>_<trial id>``: a PBT member's config is too long for a folder name."""
+    return f"{trial.trainable_name}_{trial.trial_id}"
+
+
+def _run_config(
+    search: SearchConfig, name: str, results: str, callback: tune.Callback
+) -> tune.RunConfig:
+    """Where results and checkpoints go, the callback, and one retry of a failed trial.
+
+    PBT/PB2 keep a perturbation interval's worth of checkpoints: an exploit restores the
+    donor's checkpoint of the interval's end, which must still be there."""
+    keep = search.checkpoint_keep
+    if search.scheduler in ("pbt", "pb2"):
+        keep = max(keep, search.perturbation_interval + 1)
+    return tune.RunConfig(
+        name=name,
+        storage_path=results,
+        callbacks=[callback],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=keep),
+        failure_config=tune.FailureConfig(max_failures=1),
+        verbose=0,
     )
 
 

@@ -1,6 +1,6 @@
 """Boundary terms: Sobel edge BCE, and focal loss up-weighted on label boundaries.
 
-Both use the same edge operator (:func:`~tune_losses.losses._functional.sobel_magnitude`):
+Both use the same edge operator (:func:`~tune_losses.losses.sobel.sobel_magnitude`):
 per class the Sobel gradient with replicate padding (so the image border is not an edge),
 edge strength ``clamp(sum_c |G_c| / 8, 0, 1)``; a straight boundary of a one-hot label scores
 1. A pixel whose 3x3 stencil touches an ignored pixel is left out, so the border of an
@@ -12,9 +12,10 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._functional import Prepared, float32_region, masked_mean, sobel_magnitude
+from ._functional import Prepared, float32_region, masked_mean
 from .focal import Alpha, focal_pixels
 from .registry import register_loss
+from .sobel import sobel_magnitude
 
 _EPS = 1e-6
 

@@ -12,20 +12,20 @@ import inspect
 import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
-    Discriminator,
     Field,
-    Tag,
     ValidationError,
     create_model,
     field_validator,
     model_validator,
 )
+
+from tune_losses.schedules import WEIGHT_TAGS, Weight
 
 
 class ConfigError(ValueError):
@@ -228,70 +228,6 @@ class TrackingConfig(_Strict):
 # ----------------------------------------------------------------------------- loss
 
 
-class ConstantWeight(_Strict):
-    schedule: Literal["constant"]
-    value: float = Field(ge=0.0)
-
-
-class _StartEnd(_Strict):
-    start: float = Field(ge=0.0)
-    end: float = Field(ge=0.0)
-
-
-class LinearWeight(_StartEnd):
-    schedule: Literal["linear"]
-
-
-class CosineWeight(_StartEnd):
-    schedule: Literal["cosine"]
-
-
-class ExpWeight(_Strict):
-    schedule: Literal["exp"]
-    start: float = Field(gt=0.0)
-    end: float = Field(gt=0.0)
-
-
-class StepWeight(_Strict):
-    schedule: Literal["step"]
-    values: list[Annotated[float, Field(ge=0.0)]] = Field(min_length=1)
-    milestones: list[float] = []
-
-    @model_validator(mode="after")
-    def _check(self) -> StepWeight:
-        if len(self.values) != len(self.milestones) + 1:
-            raise ValueError("step schedule needs len(values) == len(milestones) + 1")
-        ms = self.milestones
-        if any(not 0.0 < m < 1.0 for m in ms) or any(
-            a >= b for a, b in zip(ms, ms[1:], strict=False)
-        ):
-            raise ValueError("step milestones must increase strictly inside (0, 1)")
-        return self
-
-
-class WarmupWeight(_Strict):
-    schedule: Literal["warmup"]
-    value: float = Field(ge=0.0)
-    warmup: float = Field(gt=0.0, le=1.0)
-    start: float = Field(0.0, ge=0.0)
-
-
-WeightSchedule = Annotated[
-    ConstantWeight | LinearWeight | CosineWeight | ExpWeight | StepWeight | WarmupWeight,
-    Field(discriminator="schedule"),
-]
-
-
-def _weight_kind(value: Any) -> str:
-    return "schedule" if isinstance(value, Mapping | BaseModel) else "number"
-
-
-Weight = Annotated[
-    Annotated[Annotated[float, Field(ge=0.0)], Tag("number")]
-    | Annotated[WeightSchedule, Tag("schedule")],
-    Discriminator(_weight_kind),
-]
-
 CLASS_WEIGHT_METHODS = ("inverse", "sqrt_inverse", "median_frequency")
 _NOT_OPTIONS = {"logits", "target", "ignore_index"}
 _CLASS_WEIGHT_TARGETS = ("weight", "alpha")
@@ -384,13 +320,10 @@ class Experiment(_Strict):
 # ----------------------------------------------------------------------------- loading
 
 
-_UNION_TAGS = {"number", "schedule"}
-
-
 def format_validation_error(exc: ValidationError, source: str = "") -> str:
     """One line: ``source: field.path: message`` for the first error."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if str(p) not in _UNION_TAGS)
+    loc = ".".join(str(p) for p in err["loc"] if str(p) not in WEIGHT_TAGS)
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith("loss.") or not loc:
         where = msg

@@ -25,6 +25,7 @@ from pydantic import (
     model_validator,
 )
 
+from tune_losses.losses.class_weights import WeightMethod
 from tune_losses.schedules import WEIGHT_TAGS, Weight
 
 
@@ -228,7 +229,6 @@ class TrackingConfig(_Strict):
 # ----------------------------------------------------------------------------- loss
 
 
-CLASS_WEIGHT_METHODS = ("inverse", "sqrt_inverse", "median_frequency")
 _NOT_OPTIONS = {"logits", "target", "ignore_index"}
 _CLASS_WEIGHT_TARGETS = ("weight", "alpha")
 
@@ -236,9 +236,7 @@ _CLASS_WEIGHT_TARGETS = ("weight", "alpha")
 class _TermHead(_Strict):
     weight: Weight = 1.0
     term: str | None = None
-    class_weights: Literal["inverse", "sqrt_inverse", "median_frequency"] | list[float] | None = (
-        None
-    )
+    class_weights: WeightMethod | list[float] | None = None
 
 
 @functools.cache

@@ -18,7 +18,6 @@ from tune_losses.losses import (
     cross_entropy,
     dice,
     focal,
-    get_loss,
     jaccard,
     lovasz_hinge,
     lovasz_softmax,
@@ -389,25 +388,6 @@ def test_lovasz_hinge_float32_matches_float64(per_image):
 
 
 # ----------------------------------------------------------------- registry, checks, weights
-
-
-def test_registry_names_and_errors():
-    assert get_loss("lovasz") is lovasz_softmax and get_loss("ce") is cross_entropy
-    assert get_loss("tune_losses.losses.dice:tversky") is tversky
-    with pytest.raises(ValueError, match="did you mean 'dice'"):
-        get_loss("dise")
-    with pytest.raises(ValueError, match="cannot import"):
-        get_loss("tune_losses.losses.dice:nope")
-
-
-def test_options_are_keyword_only():
-    import inspect
-
-    for fn in LOSSES.values():
-        params = list(inspect.signature(fn).parameters.values())
-        assert [p.name for p in params[:2]] == ["logits", "target"]
-        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:])
-        assert params[-1].name == "ignore_index" and params[-1].default == 255
 
 
 def test_bad_inputs_raise_value_error(batch):

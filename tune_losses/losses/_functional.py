@@ -1,4 +1,4 @@
-"""Shared private math for the loss terms: input checks, class selection, one softmax per head.
+"""Shared private math for the loss terms: input checks, option types, one softmax per head.
 
 Every term reads its inputs through a :class:`Prepared` object, so that when several terms
 of one head run together (see :class:`~tune_losses.losses.mix.LossMix`) the log-softmax, the
@@ -14,14 +14,19 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator, Sequence
 from functools import cached_property
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
+from annotated_types import Ge, MinLen
 from torch import Tensor
 
 from .sobel import label_edge_magnitude
 
-ClassSelection = str | Sequence[int]
+# Option types shared by the terms: their bounds are the options' validation (see registry).
+NonNegative = Annotated[float, Ge(0.0)]
+ClassSelection = Literal["present", "all"] | Annotated[Sequence[Annotated[int, Ge(0)]], MinLen(1)]
+"""Classes a per-class loss averages over: "present" (with a kept pixel), "all", or class ids."""
 
 
 @contextlib.contextmanager
@@ -71,17 +76,16 @@ def class_vector(
 def class_selection(classes: ClassSelection, num_classes: int, device: torch.device) -> Tensor:
     """Mask [C] of the classes a per-class loss averages over; "present" is applied by the caller.
 
-    "all" and "present" start from every class; a list of ids keeps only those ids.
+    "all" and "present" start from every class; a list of ids keeps only those ids, which must
+    exist in the logits (the one check that needs the data).
     """
     if isinstance(classes, str):
-        if classes not in ("all", "present"):
-            raise ValueError(f'classes must be "present", "all" or a list of ids, got {classes!r}')
         return torch.ones(num_classes, dtype=torch.bool, device=device)
-    ids = list(classes)
-    if not ids or any(not 0 <= int(c) < num_classes for c in ids):
-        raise ValueError(f"classes ids {ids} must be a non-empty list within [0, {num_classes})")
+    ids = [int(c) for c in classes]
+    if any(c >= num_classes for c in ids):
+        raise ValueError(f"classes ids {ids} must be within [0, {num_classes})")
     mask = torch.zeros(num_classes, dtype=torch.bool, device=device)
-    mask[torch.as_tensor([int(c) for c in ids], device=device)] = True
+    mask[torch.as_tensor(ids, device=device)] = True
     return mask
 
 

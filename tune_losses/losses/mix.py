@@ -152,7 +152,7 @@ class LossMix(nn.Module):
         options = dict(term.options)
         if term.class_weight_param is not None:
             options[term.class_weight_param] = getattr(self, f"_class_weights_{index}")
-        from_prepared = getattr(term.fn, "from_prepared", None)
+        from_prepared = getattr(term.fn, "on_prepared", None)
         if from_prepared is not None:
             return from_prepared(prep, **options)
         return term.fn(logits, target, **options, ignore_index=self.ignore_index)

@@ -2,7 +2,8 @@
 
 Each term is a function ``fn(logits [B,C,H,W], target [B,H,W], *, options,
 ignore_index=255) -> 0-dim Tensor`` registered by name (:func:`list_losses`); its options are
-checked against its signature. :class:`LossMix` combines them.
+checked against its signature. :func:`validate_loss` checks a loss section once and
+:class:`LossMix` combines its terms.
 
 Example:
     >>> import torch
@@ -22,6 +23,7 @@ from .focal import focal
 from .lovasz import lovasz_hinge, lovasz_softmax
 from .mix import LossMix, LossOutput
 from .registry import LOSSES, get_loss, list_losses, register_loss, validate_options
+from .spec import LossSpec, TermSpec, validate_loss
 
 __all__ = [
     "LOSSES",
@@ -40,6 +42,9 @@ __all__ = [
     "boundary",
     "WEIGHT_METHODS",
     "class_weights_from_frequencies",
+    "TermSpec",
+    "LossSpec",
+    "validate_loss",
     "LossMix",
     "LossOutput",
 ]

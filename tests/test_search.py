@@ -175,7 +175,8 @@ def test_a_loss_that_cannot_run_stops_before_any_run(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {space}: loss: gamma must be >= 0, got -1.0"
+    expected = "loss.decode.focal.gamma: Input should be greater than or equal to 0"
+    assert proc.stderr.strip() == f"error: {space}: {expected}"
     assert not (tmp_path / "mlruns.db").exists()
 
 

@@ -101,6 +101,8 @@ class LossMix(nn.Module):
             for head, terms in validate_loss(spec).items()
             for key, term in terms.items()
         ]
+        if not self._terms:  # valid in a search space (every term "none"), not trainable
+            raise ValueError("every term of the loss is switched off")
         for index, term in enumerate(self._terms):
             weights = self._resolve_class_weights(term)
             self.register_buffer(f"_class_weights_{index}", weights, persistent=False)

@@ -121,6 +121,4 @@ def validate_loss(raw: Any) -> LossSpec:
             except ValueError as exc:
                 raise ValueError(f"loss.{head}.{key}: {exc}") from None
             out[str(head)][str(key)] = checked
-    if not any(out.values()):
-        raise ValueError("every term of the loss is switched off")
     return out

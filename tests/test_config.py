@@ -28,7 +28,7 @@ def test_defaults_make_a_loss_only_file_valid() -> None:
     exp = validate_experiment({"loss": {"decode": {"focal": {"weight": 0.5, "gamma": 1.0}}}})
     assert exp.data.format == "synthetic"
     assert exp.model.encoder_weights is None
-    assert exp.loss["decode"]["focal"] == {"weight": 0.5, "gamma": 1.0}
+    assert exp.loss["decode"]["focal"].model_dump() == {"weight": 0.5, "gamma": 1.0}
 
 
 @pytest.mark.parametrize(
@@ -46,6 +46,14 @@ def test_defaults_make_a_loss_only_file_valid() -> None:
         ({"loss": {"decode": {"focl": {"weight": 1}}}}, "loss.decode.focl: unknown loss 'focl'"),
         ({"loss": {"decode": {"focal": {"gama": 2}}}}, "loss.decode.focal.gama: Extra inputs"),
         ({"loss": {"decode": {"focal": {"gamma": "x"}}}}, "loss.decode.focal.gamma:"),
+        (
+            {"loss": {"decode": {"focal": {"gamma": -1}}}},
+            "space.yaml: loss.decode.focal.gamma: Input should be greater than or equal to 0",
+        ),
+        ({"loss": {"decode": {"dice": {"smooth": -1}}}}, "loss.decode.dice.smooth: Input should"),
+        ({"loss": {"decode": {"lovasz": {"classes": "some"}}}}, "loss.decode.lovasz.classes:"),
+        ({"loss": {"decode": {"tversky": {"beta": 0, "alpha": 0}}}}, "tversky: alpha and beta"),
+        ({"loss": {"decode": {"ce": {"weight": True}}}}, "loss.decode.ce.weight: Input should be"),
         ({"loss": {"decode": {"ce": {"weight": -1}}}}, "loss.decode.ce.weight"),
         (
             {"loss": {"decode": {"ce": {"weight": {"schedule": "step", "values": [1, 0]}}}}},

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from test_sobel import sobel_ref
 
 from tune_losses.losses import (
     LOSSES,
@@ -17,7 +18,6 @@ from tune_losses.losses import (
     cross_entropy,
     dice,
     focal,
-    get_loss,
     jaccard,
     lovasz_hinge,
     lovasz_softmax,
@@ -127,15 +127,6 @@ def ref_lovasz(logits, target, classes="present", per_image=False):
             losses.append(ref_lovasz_group(errors, fg))
         per.append(sum(losses) / len(losses))
     return sum(per) / len(per)
-
-
-def sobel_ref(x: torch.Tensor) -> torch.Tensor:
-    """Edge strength with conv2d Sobel kernels (independent of the slicing implementation)."""
-    kx = torch.tensor([[-1.0, 0, 1], [-2, 0, 2], [-1, 0, 1]], dtype=x.dtype)
-    k = torch.stack([kx, kx.T])[:, None].repeat(x.shape[1], 1, 1, 1)
-    g = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), k, groups=x.shape[1])
-    gx, gy = g[:, 0::2], g[:, 1::2]
-    return (torch.sqrt(gx**2 + gy**2).sum(1) / 8).clamp(0, 1)
 
 
 def ref_boundary(logits, target):
@@ -340,36 +331,14 @@ def test_autocast_bfloat16_computes_in_float32(name, batch):
 # ----------------------------------------------------------------- custom autograd Functions
 
 
-@pytest.mark.parametrize("chunk", [1 << 18, 40])  # 40: blocks of one image, a few classes
-def test_sobel_function_gradcheck_and_conv_reference(monkeypatch, chunk):
-    from tune_losses.losses import _functional
-
-    monkeypatch.setattr(_functional, "_SOBEL_CHUNK", chunk)
-    gen = torch.Generator().manual_seed(3)
-    x = (torch.rand(2, 5, 4, 6, generator=gen, dtype=torch.float64) * 0.1).requires_grad_()
-    assert torch.autograd.gradcheck(_functional._SobelSum.apply, (x,), atol=1e-8)
-    torch.testing.assert_close(_functional.sobel_magnitude(x), sobel_ref(x))
-    weight = torch.rand(2, 4, 6, generator=gen, dtype=torch.float64)
-    (got,) = torch.autograd.grad((_functional._SobelSum.apply(x) * weight).sum(), x)
-    (want,) = torch.autograd.grad((sobel_ref(x) * 8 * weight).sum(), x)  # no clamp: sum < 8
-    torch.testing.assert_close(got, want)
-
-
-def test_sobel_function_flat_input_has_zero_gradient():
-    from tune_losses.losses._functional import _SobelSum
-
-    x = torch.ones(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
-    (grad,) = torch.autograd.grad(_SobelSum.apply(x).sum(), x)
-    assert torch.equal(grad, torch.zeros_like(grad))
-
-
 @pytest.mark.parametrize("chunk", [1 << 18, 40])
 def test_label_edges_match_conv_reference(batch, monkeypatch, chunk):
-    from tune_losses.losses import _functional
+    from tune_losses.losses import sobel
+    from tune_losses.losses._functional import Prepared
 
-    monkeypatch.setattr(_functional, "_SOBEL_CHUNK", chunk)
+    monkeypatch.setattr(sobel, "_SOBEL_CHUNK", chunk)
     logits, target = batch
-    prep = _functional.Prepared(logits, target, IGNORE)
+    prep = Prepared(logits, target, IGNORE)
     _, y, valid, _ = ref_probs(logits, target)
     torch.testing.assert_close(prep.label_edges, sobel_ref(y))
     kept = F.max_pool2d((~valid)[:, None].double(), 3, 1, 1)[:, 0] == 0
@@ -419,25 +388,6 @@ def test_lovasz_hinge_float32_matches_float64(per_image):
 
 
 # ----------------------------------------------------------------- registry, checks, weights
-
-
-def test_registry_names_and_errors():
-    assert get_loss("lovasz") is lovasz_softmax and get_loss("ce") is cross_entropy
-    assert get_loss("tune_losses.losses.dice:tversky") is tversky
-    with pytest.raises(ValueError, match="did you mean 'dice'"):
-        get_loss("dise")
-    with pytest.raises(ValueError, match="cannot import"):
-        get_loss("tune_losses.losses.dice:nope")
-
-
-def test_options_are_keyword_only():
-    import inspect
-
-    for fn in LOSSES.values():
-        params = list(inspect.signature(fn).parameters.values())
-        assert [p.name for p in params[:2]] == ["logits", "target"]
-        assert all(p.kind is inspect.Parameter.KEYWORD_ONLY for p in params[2:])
-        assert params[-1].name == "ignore_index" and params[-1].default == 255
 
 
 def test_bad_inputs_raise_value_error(batch):

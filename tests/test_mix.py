@@ -10,6 +10,7 @@ from tune_losses.losses import (
     LOSSES,
     LossMix,
     LossOutput,
+    TermSpec,
     boundary,
     class_weights_from_frequencies,
     cross_entropy,
@@ -17,6 +18,7 @@ from tune_losses.losses import (
     focal,
     lovasz_softmax,
     register_loss,
+    validate_loss,
 )
 
 IGNORE = 255
@@ -167,16 +169,52 @@ def test_class_weights_resolved_once_and_logged(batch):
     [
         ({"decode": {"ce": {"weight": 1.0, "class_weights": "inverse"}}}, "no class_frequencies"),
         ({"decode": {"dice": {"weight": 1.0, "class_weights": "inverse"}}}, "takes no class"),
-        ({"decode": {"ce": {"weight": 1.0, "gama": 2.0}}}, "not accepted"),
-        ({"decode": {"ce": {"weight": 1.0, "ignore_index": 0}}}, "not accepted"),
-        ({"decode": {"ce": {"gamma": 2.0}}}, "needs a mapping with a 'weight'"),
+        (
+            {"decode": {"ce": {"class_weights": "inverse", "weight": [1.0, 2.0]}}},
+            "loss.decode.ce.weight: Input should be a valid number",
+        ),
+        (
+            {"decode": {"ce": {"class_weights": [1.0, 2.0], "term": "focal", "alpha": 0.5}}},
+            "loss.decode.ce: give class_weights or alpha, not both",
+        ),
+        ({"decode": {"ce": {"weight": 1.0, "gama": 2.0}}}, "loss.decode.ce.gama: Extra inputs"),
+        ({"decode": {"ce": {"ignore_index": 0}}}, "loss.decode.ce.ignore_index: Extra inputs"),
+        ({"decode": {"focal": {"gamma": -2.0}}}, "loss.decode.focal.gamma: .* greater than or"),
+        ({"decode": {"ce": {"weight": -1}}}, "loss.decode.ce.weight: .* greater than or equal"),
         ({"decode": {"lovaz": {"weight": 1.0}}}, "did you mean 'lovasz'"),
-        ({"decode": {}}, "must map term names"),
+        ({"decode": 3}, "loss.decode: expected a mapping of terms"),
+        ({"decode": {}}, "every term of the loss is switched off"),
     ],
 )
 def test_bad_specs_raise(spec, match):
-    with pytest.raises(ValueError, match=match):
+    with pytest.raises(ValueError, match=match) as info:
         LossMix(spec)
+    assert "\n" not in str(info.value)
+
+
+def test_validated_specs_are_trusted(batch, monkeypatch):
+    # the config validates the loss once; LossMix resolves its TermSpecs without a second check
+    from tune_losses.losses import spec as spec_module
+
+    validated = validate_loss({"decode": FIVE})
+    assert all(isinstance(t, TermSpec) for t in validated["decode"].values())
+
+    def no_second_check(*args, **kwargs):
+        raise AssertionError("validated twice")
+
+    monkeypatch.setattr(spec_module, "validate_term", no_second_check)
+    monkeypatch.setattr(spec_module, "validate_options", no_second_check)
+    logits, target = batch
+    out = LossMix(validated)({"decode": logits}, target, 0.75)
+    assert set(out.parts) == {f"decode/{k}" for k in FIVE}
+
+
+def test_a_switched_off_head_adds_nothing(batch):
+    logits, target = batch
+    out = LossMix({"decode": {"ce": {"weight": 1.0}}, "aux": {"ce": None}})(
+        {"decode": logits}, target, 0.0
+    )
+    assert list(out.parts) == ["decode/ce"]
 
 
 def test_all_ignored_batch_gives_zero_without_nan(batch):

@@ -1,12 +1,14 @@
-"""Loss-weight schedules: values at progress 0, 0.5 and 1, clamping, repr, errors."""
+"""Loss-weight schedules: values at progress 0, 0.5 and 1, clamping, repr, pickling, validation."""
 
 from __future__ import annotations
 
 import math
+import pickle
 
 import pytest
+from pydantic import TypeAdapter, ValidationError
 
-from tune_losses.schedules import SCHEDULES, Constant, Schedule, build_schedule
+from tune_losses.schedules import SCHEDULES, Constant, Linear, Schedule, Weight, build_schedule
 
 CASES = [
     (0.7, (0.7, 0.7, 0.7)),
@@ -54,23 +56,56 @@ def test_repr_is_readable():
     assert repr(build_schedule(1)) == "Constant(value=1.0)"
     text = repr(build_schedule({"schedule": "warmup", "value": 1.0, "warmup": 0.1}))
     assert text == "Warmup(value=1.0, warmup=0.1, start=0.0)"
+    assert repr(Linear(start=0.5, end=0.1)) == "Linear(start=0.5, end=0.1)"
 
 
-def test_a_schedule_passes_through():
-    schedule = Constant(2.0)
+def test_a_schedule_passes_through_and_pickles():
+    schedule = Constant(value=2.0)
     assert build_schedule(schedule) is schedule and isinstance(schedule, Schedule)
+    step = build_schedule({"schedule": "step", "values": [0.0, 0.2], "milestones": [0.7]})
+    assert pickle.loads(pickle.dumps(step)) == step
+
+
+def test_a_weight_dumps_as_written():
+    # the dump is what MLflow params and best_config.yaml show: keep it stable
+    weight = TypeAdapter(Weight)
+    assert weight.dump_python(weight.validate_python(1), mode="json") == 1.0
+    linear = weight.validate_python({"schedule": "linear", "start": 0.5, "end": 0.1})
+    assert list(weight.dump_python(linear, mode="json").items()) == [
+        ("start", 0.5),
+        ("end", 0.1),
+        ("schedule", "linear"),
+    ]
+    warmup = weight.validate_python({"schedule": "warmup", "value": 1, "warmup": 0.2})
+    assert weight.dump_python(warmup, mode="json") == {
+        "schedule": "warmup",
+        "value": 1.0,
+        "warmup": 0.2,
+        "start": 0.0,
+    }
 
 
 @pytest.mark.parametrize(
     "spec,match",
     [
-        ({"schedule": "sawtooth"}, "unknown schedule"),
-        ({"schedule": "linear", "start": 1.0}, "bad fields"),
-        ({"schedule": "step", "values": [1.0], "milestones": [0.5]}, "one more value"),
-        ({"start": 1.0}, "mapping with 'schedule'"),
-        (True, "mapping with 'schedule'"),
+        ({"schedule": "sawtooth"}, "does not match any of the expected tags"),
+        ({"schedule": "linear", "start": 1.0}, "end\n  Field required"),
+        ({"schedule": "linear", "start": -1.0, "end": 0.0}, "greater than or equal to 0"),
+        ({"schedule": "exp", "start": 0.0, "end": 1.0}, "greater than 0"),
+        ({"schedule": "step", "values": [1.0], "milestones": [0.5]}, r"len\(values\) =="),
+        ({"schedule": "step", "values": [1, 2, 3], "milestones": [0.5, 0.5]}, "strictly"),
+        ({"schedule": "step", "values": [1, 2], "milestones": [1.0]}, r"inside \(0, 1\)"),
+        ({"schedule": "step", "values": []}, "at least 1 item"),
+        ({"schedule": "warmup", "value": 1.0, "warmup": 0.0}, "greater than 0"),
+        ({"schedule": "constant", "value": 1.0, "end": 2.0}, "Extra inputs"),
+        ({"start": 1.0}, "Unable to extract tag using discriminator 'schedule'"),
+        (True, "valid number"),
+        ("0.5", "valid number"),
+        (-1.0, "greater than or equal to 0"),
     ],
 )
-def test_bad_specs_raise(spec, match):
-    with pytest.raises(ValueError, match=match):
+def test_bad_weights_raise(spec, match):
+    with pytest.raises(ValidationError, match=match):
         build_schedule(spec)
+    with pytest.raises(ValueError):  # pydantic's ValidationError is a ValueError
+        TypeAdapter(Weight).validate_python(spec)

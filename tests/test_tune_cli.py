@@ -201,15 +201,25 @@ def test_bad_data_stops_before_any_run(tmp_path: Path) -> None:
     assert not (tmp_path / "mlruns.db").exists()
 
 
-def test_a_loss_that_cannot_run_stops_before_any_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("term", "expected"),
+    [
+        ({"weight": 0.5, "gamma": -1.0}, "loss.decode.focal.gamma: Input should be greater"),
+        # a per-class list of the wrong length only fails inside the term, on data
+        ({"weight": 0.5, "alpha": [0.5, 0.5]}, "loss: alpha has 2 entries"),
+    ],
+)
+def test_a_loss_that_cannot_run_stops_before_any_run(
+    tmp_path: Path, term: dict, expected: str
+) -> None:
     space = write_space(
-        tmp_path / "space.yaml",
-        loss={"decode": {"ce": {"weight": 1.0}, "focal": {"weight": 0.5, "gamma": -1.0}}},
+        tmp_path / "space.yaml", loss={"decode": {"ce": {"weight": 1.0}, "focal": term}}
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
     assert proc.returncode == 2
-    assert proc.stderr.strip() == f"error: {space}: loss: gamma must be >= 0, got -1.0"
+    err = proc.stderr.strip()
+    assert err.startswith(f"error: {space}: {expected}") and "\n" not in err
     assert not (tmp_path / "mlruns.db").exists()
 
 

@@ -1,31 +1,22 @@
-"""Experiment configuration: pydantic models, YAML loading and ``--set`` overrides.
+"""Experiment configuration: the schema of a run or search, YAML loading and ``--set`` overrides.
 
-Everything a user writes is validated here, once; inner code trusts what it gets.
-A space file may hold only the ``loss`` part: every other section has defaults.
+Everything a user writes is validated here, once, with the rules of the modules that own them
+(loss terms and their options: ``losses/``; weights and schedules: ``schedules.py``); inner
+code trusts what it gets. A space file may hold only the ``loss`` part: every other section
+has defaults.
 """
 
 from __future__ import annotations
 
 import copy
-import functools
-import inspect
-import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Discriminator,
-    Field,
-    Tag,
-    ValidationError,
-    create_model,
-    field_validator,
-    model_validator,
-)
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tune_losses.losses.spec import LossSpec, validate_loss
 
 
 class ConfigError(ValueError):
@@ -238,119 +229,7 @@ class TrackingConfig(_Strict):
     run_name: str | None = None
 
 
-# ----------------------------------------------------------------------------- loss
-
-
-class ConstantWeight(_Strict):
-    schedule: Literal["constant"]
-    value: float = Field(ge=0.0)
-
-
-class _StartEnd(_Strict):
-    start: float = Field(ge=0.0)
-    end: float = Field(ge=0.0)
-
-
-class LinearWeight(_StartEnd):
-    schedule: Literal["linear"]
-
-
-class CosineWeight(_StartEnd):
-    schedule: Literal["cosine"]
-
-
-class ExpWeight(_Strict):
-    schedule: Literal["exp"]
-    start: float = Field(gt=0.0)
-    end: float = Field(gt=0.0)
-
-
-class StepWeight(_Strict):
-    schedule: Literal["step"]
-    values: list[Annotated[float, Field(ge=0.0)]] = Field(min_length=1)
-    milestones: list[float] = []
-
-    @model_validator(mode="after")
-    def _check(self) -> StepWeight:
-        if len(self.values) != len(self.milestones) + 1:
-            raise ValueError("step schedule needs len(values) == len(milestones) + 1")
-        ms = self.milestones
-        if any(not 0.0 < m < 1.0 for m in ms) or any(
-            a >= b for a, b in zip(ms, ms[1:], strict=False)
-        ):
-            raise ValueError("step milestones must increase strictly inside (0, 1)")
-        return self
-
-
-class WarmupWeight(_Strict):
-    schedule: Literal["warmup"]
-    value: float = Field(ge=0.0)
-    warmup: float = Field(gt=0.0, le=1.0)
-    start: float = Field(0.0, ge=0.0)
-
-
-WeightSchedule = Annotated[
-    ConstantWeight | LinearWeight | CosineWeight | ExpWeight | StepWeight | WarmupWeight,
-    Field(discriminator="schedule"),
-]
-
-
-def _weight_kind(value: Any) -> str:
-    return "schedule" if isinstance(value, Mapping | BaseModel) else "number"
-
-
-Weight = Annotated[
-    Annotated[Annotated[float, Field(ge=0.0)], Tag("number")]
-    | Annotated[WeightSchedule, Tag("schedule")],
-    Discriminator(_weight_kind),
-]
-
-CLASS_WEIGHT_METHODS = ("inverse", "sqrt_inverse", "median_frequency")
-_NOT_OPTIONS = {"logits", "target", "ignore_index"}
-_CLASS_WEIGHT_TARGETS = ("weight", "alpha")
-
-
-class _TermHead(_Strict):
-    weight: Weight = 1.0
-    term: str | None = None
-    class_weights: Literal["inverse", "sqrt_inverse", "median_frequency"] | list[float] | None = (
-        None
-    )
-
-
-@functools.cache
-def _term_options_model(name: str, fn: typing.Callable[..., Any]) -> type[BaseModel]:
-    """A strict pydantic model of a loss term's keyword-only options, read off its signature."""
-    hints = typing.get_type_hints(fn)
-    fields: dict[str, Any] = {}
-    for p in inspect.signature(fn).parameters.values():
-        if p.kind is not inspect.Parameter.KEYWORD_ONLY or p.name in _NOT_OPTIONS:
-            continue
-        default = ... if p.default is inspect.Parameter.empty else p.default
-        fields[p.name] = (hints.get(p.name, Any), default)
-    config = ConfigDict(extra="forbid", arbitrary_types_allowed=True)
-    return create_model(f"{name}_options", __config__=config, **fields)
-
-
-def validate_term(term_key: str, raw: Any) -> dict[str, Any]:
-    """Check one ``{weight, term?, class_weights?, **options}`` mapping against its term."""
-    from tune_losses.losses import get_loss
-
-    if not isinstance(raw, Mapping):
-        raise ValueError(f"expected a mapping of term options, got {raw!r}")
-    head_keys = set(_TermHead.model_fields)
-    head = _TermHead.model_validate({k: v for k, v in raw.items() if k in head_keys})
-    name = head.term or term_key
-    fn = get_loss(name)
-    options_model = _term_options_model(name, fn)
-    options = options_model.model_validate({k: v for k, v in raw.items() if k not in head_keys})
-    if head.class_weights is not None and not any(
-        t in options_model.model_fields for t in _CLASS_WEIGHT_TARGETS
-    ):
-        raise ValueError(f"term {name!r} takes no class weights")
-    out = head.model_dump(exclude_none=True)
-    out.update(options.model_dump(exclude_unset=True))
-    return out
+# ----------------------------------------------------------------------------- experiment
 
 
 class Experiment(_Strict):
@@ -359,30 +238,14 @@ class Experiment(_Strict):
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     train: TrainConfig = TrainConfig()
-    loss: dict[str, dict[str, dict[str, Any]]] = {"decode": {"ce": {"weight": 1.0}}}
+    loss: LossSpec = Field({"decode": {"ce": {"weight": 1.0}}}, validate_default=True)
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
 
     @field_validator("loss", mode="before")
     @classmethod
-    def _check_loss(cls, raw: Any) -> Any:
-        if not isinstance(raw, Mapping) or not raw:
-            raise ValueError("loss must map head names to terms, e.g. {decode: {ce: {weight: 1}}}")
-        out: dict[str, dict[str, dict[str, Any]]] = {}
-        for head, terms in raw.items():
-            if not isinstance(terms, Mapping):
-                raise ValueError(f"loss.{head}: expected a mapping of terms, got {terms!r}")
-            out[str(head)] = {}
-            for key, spec in terms.items():
-                if spec is None:  # a term switched off (e.g. the "none" choice of a search)
-                    continue
-                try:
-                    out[str(head)][str(key)] = validate_term(str(key), spec)
-                except ValidationError as exc:
-                    raise ValueError(f"loss.{head}.{key}.{format_validation_error(exc)}") from None
-                except ValueError as exc:
-                    raise ValueError(f"loss.{head}.{key}: {exc}") from None
-        return out
+    def _check_loss(cls, raw: Any) -> LossSpec:
+        return validate_loss(raw)  # the terms' rules live in losses/ and schedules.py
 
     @model_validator(mode="after")
     def _check_heads(self) -> Experiment:
@@ -397,13 +260,10 @@ class Experiment(_Strict):
 # ----------------------------------------------------------------------------- loading
 
 
-_UNION_TAGS = {"number", "schedule"}
-
-
 def format_validation_error(exc: ValidationError, source: str = "") -> str:
     """One line: ``source: field.path: message`` for the first error."""
     err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"] if str(p) not in _UNION_TAGS)
+    loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
     if msg.startswith("loss.") or not loc:
         where = msg

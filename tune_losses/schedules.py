@@ -1,8 +1,10 @@
-"""Loss-weight schedules: a number, or a function of training progress in [0, 1].
+"""Loss-weight schedules, the one family of them: each rule's fields, its checks and its values.
 
-A YAML weight is either a plain number or a mapping with a ``schedule`` key (already
-validated by the config layer); :func:`build_schedule` turns either into a
-:class:`Schedule`, a callable ``progress -> weight`` with a readable repr for logs.
+A weight is a number >= 0 or a schedule mapping ``{schedule: name, **fields}`` (:data:`Weight`);
+each schedule is a small frozen pydantic model that validates its fields when it is built and
+maps training progress in [0, 1] to a weight. The config layer validates weights with these
+models, once; :func:`build_schedule` turns a validated weight (or a raw one, validated here by
+the same models) into a :class:`Schedule`.
 
 Example:
     >>> s = build_schedule({"schedule": "linear", "start": 0.5, "end": 0.1})
@@ -14,12 +16,19 @@ from __future__ import annotations
 
 import bisect
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+import typing
+from collections.abc import Mapping, Sequence
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
+
+NonNegative = Annotated[float, Field(ge=0.0)]
 
 
-class Schedule:
+class Schedule(BaseModel):
     """Weight as a function of training progress; progress is clamped to [0, 1]."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
     def __call__(self, progress: float) -> float:
         return float(self.at(min(1.0, max(0.0, float(progress)))))
@@ -29,108 +38,126 @@ class Schedule:
         raise NotImplementedError
 
 
-@dataclass(frozen=True)
 class Constant(Schedule):
     """The same weight throughout."""
 
-    value: float
+    schedule: Literal["constant"] = Field("constant", repr=False)
+    value: NonNegative
 
     def at(self, p: float) -> float:
         return self.value
 
 
-@dataclass(frozen=True)
-class Linear(Schedule):
+class _Ramp(Schedule):
+    """A ramp between two weights >= 0 (the fields come before ``schedule`` in a dump)."""
+
+    start: NonNegative
+    end: NonNegative
+
+
+class Linear(_Ramp):
     """``start + (end - start) p``."""
 
-    start: float
-    end: float
+    schedule: Literal["linear"] = Field("linear", repr=False)
 
     def at(self, p: float) -> float:
         return self.start + (self.end - self.start) * p
 
 
-@dataclass(frozen=True)
-class Cosine(Schedule):
+class Cosine(_Ramp):
     """Half-cosine from ``start`` to ``end``: ``end + (start - end)(1 + cos(pi p)) / 2``."""
 
-    start: float
-    end: float
+    schedule: Literal["cosine"] = Field("cosine", repr=False)
 
     def at(self, p: float) -> float:
         return self.end + (self.start - self.end) * 0.5 * (1.0 + math.cos(math.pi * p))
 
 
-@dataclass(frozen=True)
 class Exp(Schedule):
     """Geometric interpolation ``start (end / start)^p``; both ends > 0."""
 
-    start: float
-    end: float
+    schedule: Literal["exp"] = Field("exp", repr=False)
+    start: float = Field(gt=0.0)
+    end: float = Field(gt=0.0)
 
     def at(self, p: float) -> float:
         return self.start * (self.end / self.start) ** p
 
 
-@dataclass(frozen=True)
 class Step(Schedule):
-    """``values[i]`` for ``p`` in ``[milestones[i-1], milestones[i])`` (``values[0]`` first)."""
+    """``values[i]`` for ``p`` in ``[milestones[i-1], milestones[i])`` (``values[0]`` first).
 
-    values: tuple[float, ...]
-    milestones: tuple[float, ...]
+    Milestones increase strictly inside (0, 1), and there is one more value than milestones.
+    """
+
+    schedule: Literal["step"] = Field("step", repr=False)
+    values: list[NonNegative] = Field(min_length=1)
+    milestones: list[float] = []
+
+    @model_validator(mode="after")
+    def _check(self) -> Step:
+        if len(self.values) != len(self.milestones) + 1:
+            raise ValueError("step schedule needs len(values) == len(milestones) + 1")
+        ms = self.milestones
+        increasing = all(a < b for a, b in zip(ms, ms[1:], strict=False))
+        if not increasing or any(not 0.0 < m < 1.0 for m in ms):
+            raise ValueError("step milestones must increase strictly inside (0, 1)")
+        return self
 
     def at(self, p: float) -> float:
         return self.values[bisect.bisect_right(self.milestones, p)]
 
 
-@dataclass(frozen=True)
 class Warmup(Schedule):
     """Linear ``start -> value`` over the first ``warmup`` fraction of training, then ``value``."""
 
-    value: float
-    warmup: float
-    start: float = 0.0
+    schedule: Literal["warmup"] = Field("warmup", repr=False)
+    value: NonNegative
+    warmup: float = Field(gt=0.0, le=1.0)
+    start: NonNegative = 0.0
 
     def at(self, p: float) -> float:
-        if self.warmup <= 0.0 or p >= self.warmup:
+        if p >= self.warmup:
             return self.value
         return self.start + (self.value - self.start) * p / self.warmup
 
 
-def _step(values: Sequence[float], milestones: Sequence[float]) -> Step:
-    if len(values) != len(milestones) + 1:
-        raise ValueError(
-            f"step schedule needs one more value than milestones: {values}, {milestones}"
-        )
-    return Step(tuple(float(v) for v in values), tuple(float(m) for m in milestones))
-
-
-SCHEDULES: dict[str, Callable[..., Schedule]] = {
-    "constant": Constant,
-    "linear": Linear,
-    "cosine": Cosine,
-    "exp": Exp,
-    "step": _step,
-    "warmup": Warmup,
+AnySchedule = Annotated[
+    Constant | Linear | Cosine | Exp | Step | Warmup, Field(discriminator="schedule")
+]
+SCHEDULES: dict[str, type[Schedule]] = {
+    cls.model_fields["schedule"].default: cls
+    for cls in typing.get_args(typing.get_args(AnySchedule)[0])
 }
 
+# Labels of the two kinds of weight in a validation error's location (``weight.schedule.step``).
+WEIGHT_TAGS = ("number", "schedule")
 
-def build_schedule(spec: float | Mapping) -> Schedule:
-    """Schedule from a number (constant) or a mapping ``{schedule: name, **fields}``."""
-    if isinstance(spec, Schedule):
-        return spec
-    if isinstance(spec, int | float) and not isinstance(spec, bool):
-        return Constant(float(spec))
-    if not isinstance(spec, Mapping) or "schedule" not in spec:
-        raise ValueError(f"a weight must be a number or a mapping with 'schedule', got {spec!r}")
-    fields = {k: v for k, v in spec.items() if k != "schedule"}
-    name = spec["schedule"]
-    if name not in SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; choose one of {sorted(SCHEDULES)}")
-    try:
-        return SCHEDULES[name](**fields)
-    except TypeError as exc:
-        raise ValueError(f"bad fields for schedule {name!r}: {exc}") from exc
+
+def _weight_kind(value: Any) -> str:
+    return "schedule" if isinstance(value, Mapping | BaseModel) else "number"
+
+
+Weight = Annotated[
+    Annotated[float, Field(ge=0.0, strict=True), Tag("number")]
+    | Annotated[AnySchedule, Tag("schedule")],
+    Discriminator(_weight_kind),
+]
+"""A loss weight: a number >= 0 (not a bool, not a string), or a schedule mapping."""
+
+_WEIGHT = TypeAdapter(Weight)
+
+
+def build_schedule(weight: float | Schedule | Mapping[str, Any]) -> Schedule:
+    """The :class:`Schedule` of a weight: a number is :class:`Constant`, a model passes through.
+
+    A validated weight (a float or a schedule model) is used as it is; anything else (a raw
+    mapping from a library caller) is validated by the same models first, so a bad weight
+    raises pydantic's ``ValidationError`` (a ``ValueError``).
+    """
+    if not isinstance(weight, Schedule | float):
+        weight = _WEIGHT.validate_python(weight)
+    return weight if isinstance(weight, Schedule) else Constant(value=weight)
 
 
 def step_values(values: Sequence[float]) -> dict[str, object]:

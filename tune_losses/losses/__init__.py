@@ -1,7 +1,9 @@
-"""Loss terms for semantic segmentation, their registry, and the weighted mix.
+"""Loss terms for semantic segmentation, their registry and options, and the weighted mix.
 
-Each term is a pure function ``fn(logits [B,C,H,W], target [B,H,W], *, options,
-ignore_index=255) -> 0-dim Tensor`` registered by name; :class:`LossMix` combines them.
+Each term is a function ``fn(logits [B,C,H,W], target [B,H,W], *, options,
+ignore_index=255) -> 0-dim Tensor`` registered by name (:func:`list_losses`); its options are
+checked against its signature. :func:`validate_loss` checks a loss section once and
+:class:`LossMix` combines its terms.
 
 Example:
     >>> import torch
@@ -15,17 +17,20 @@ from __future__ import annotations
 
 from .boundary import boundary, boundary_focal
 from .ce import cross_entropy
-from .class_weights import class_weights_from_frequencies
+from .class_weights import WEIGHT_METHODS, class_weights_from_frequencies
 from .dice import dice, jaccard, tversky
 from .focal import focal
 from .lovasz import lovasz_hinge, lovasz_softmax
 from .mix import LossMix, LossOutput
-from .registry import LOSSES, get_loss, register_loss
+from .registry import LOSSES, get_loss, list_losses, register_loss, validate_options
+from .spec import LossSpec, TermSpec, validate_loss
 
 __all__ = [
     "LOSSES",
     "register_loss",
     "get_loss",
+    "list_losses",
+    "validate_options",
     "cross_entropy",
     "focal",
     "boundary_focal",
@@ -35,7 +40,11 @@ __all__ = [
     "jaccard",
     "tversky",
     "boundary",
+    "WEIGHT_METHODS",
     "class_weights_from_frequencies",
+    "TermSpec",
+    "LossSpec",
+    "validate_loss",
     "LossMix",
     "LossOutput",
 ]

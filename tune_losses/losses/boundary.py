@@ -1,6 +1,6 @@
 """Boundary terms: Sobel edge BCE, and focal loss up-weighted on label boundaries.
 
-Both use the same edge operator (:func:`~tune_losses.losses._functional.sobel_magnitude`):
+Both use the same edge operator (:func:`~tune_losses.losses.sobel.sobel_magnitude`):
 per class the Sobel gradient with replicate padding (so the image border is not an edge),
 edge strength ``clamp(sum_c |G_c| / 8, 0, 1)``; a straight boundary of a one-hot label scores
 1. A pixel whose 3x3 stencil touches an ignored pixel is left out, so the border of an
@@ -12,34 +12,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._functional import Prepared, float32_region, masked_mean, sobel_magnitude
+from ._functional import NonNegative, Prepared, masked_mean
 from .focal import Alpha, focal_pixels
 from .registry import register_loss
+from .sobel import sobel_magnitude
 
 _EPS = 1e-6
 
 
-def _boundary(prep: Prepared) -> Tensor:
-    """Edge BCE on a prepared head; see :func:`boundary`."""
-    pred = sobel_magnitude(prep.probs).clamp(_EPS, 1.0 - _EPS)
-    edge = prep.label_edges
-    bce = -(edge * torch.log(pred) + (1.0 - edge) * torch.log1p(-pred))
-    return masked_mean(bce, prep.edge_kept)
-
-
-def _boundary_focal(
-    prep: Prepared, *, gamma: float = 2.0, alpha: Alpha = None, edge_weight: float = 1.0
-) -> Tensor:
-    """Boundary-aware focal on a prepared head; see :func:`boundary_focal`."""
-    if edge_weight < 0:
-        raise ValueError(f"edge_weight must be >= 0, got {edge_weight}")
-    edge = prep.label_edges * prep.edge_kept.to(prep.logits.dtype)
-    pixels = focal_pixels(prep, gamma=gamma, alpha=alpha) * (1.0 + edge_weight * edge)
-    return masked_mean(pixels, prep.valid)
-
-
-@register_loss("boundary", from_prepared=_boundary)
-def boundary(logits: Tensor, target: Tensor, *, ignore_index: int = 255) -> Tensor:
+@register_loss("boundary")
+def boundary(prep: Prepared) -> Tensor:
     """BCE between the Sobel edge map of the softmax probabilities and that of the label.
 
     ``mean_i -[t_i log e_i + (1 - t_i) log(1 - e_i)]`` over kept pixels, ``e`` the edge
@@ -55,19 +37,15 @@ def boundary(logits: Tensor, target: Tensor, *, ignore_index: int = 255) -> Tens
     Returns:
         0-dim float32 tensor; 0 with a zero gradient when no pixel is kept.
     """
-    with float32_region(logits):
-        return _boundary(Prepared(logits, target, ignore_index))
+    pred = sobel_magnitude(prep.probs).clamp(_EPS, 1.0 - _EPS)
+    edge = prep.label_edges
+    bce = -(edge * torch.log(pred) + (1.0 - edge) * torch.log1p(-pred))
+    return masked_mean(bce, prep.edge_kept)
 
 
-@register_loss("boundary_focal", from_prepared=_boundary_focal)
+@register_loss("boundary_focal")
 def boundary_focal(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    gamma: float = 2.0,
-    alpha: Alpha = None,
-    edge_weight: float = 1.0,
-    ignore_index: int = 255,
+    prep: Prepared, *, gamma: NonNegative = 2.0, alpha: Alpha = None, edge_weight: NonNegative = 1.0
 ) -> Tensor:
     """Focal loss weighted up on label boundaries: mean of ``focal_i (1 + edge_weight t_i)``.
 
@@ -83,10 +61,6 @@ def boundary_focal(
         edge_weight: extra weight of a full-strength boundary pixel, >= 0.
         ignore_index: label of ignored pixels.
     """
-    with float32_region(logits):
-        return _boundary_focal(
-            Prepared(logits, target, ignore_index),
-            gamma=gamma,
-            alpha=alpha,
-            edge_weight=edge_weight,
-        )
+    edge = prep.label_edges * prep.edge_kept.to(prep.logits.dtype)
+    pixels = focal_pixels(prep, gamma=gamma, alpha=alpha) * (1.0 + edge_weight * edge)
+    return masked_mean(pixels, prep.valid)

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import torch
+from annotated_types import Ge, Interval
 from torch import Tensor
 
-from ._functional import Prepared, class_vector, float32_region
+from ._functional import Prepared, class_vector
 from .registry import register_loss
 
 
@@ -29,22 +31,46 @@ def _ohem_keep(prep: Prepared, thresh: float, min_kept: int) -> Tensor:
     return keep
 
 
-def _cross_entropy(
+PerClassWeight = Sequence[float] | Tensor | None
+Probability = Annotated[float, Interval(ge=0.0, le=1.0)]
+
+
+@register_loss("ce")
+def cross_entropy(
     prep: Prepared,
     *,
-    weight: Sequence[float] | Tensor | None = None,
-    label_smoothing: float = 0.0,
-    ohem_thresh: float | None = None,
-    ohem_min_kept: int = 0,
+    weight: PerClassWeight = None,
+    label_smoothing: Probability = 0.0,
+    ohem_thresh: Annotated[float, Interval(gt=0.0, le=1.0)] | None = None,
+    ohem_min_kept: Annotated[int, Ge(0)] = 0,
 ) -> Tensor:
-    """Cross-entropy on a prepared head; see :func:`cross_entropy`."""
-    if not 0.0 <= label_smoothing <= 1.0:
-        raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing}")
-    if ohem_thresh is not None and not 0.0 < ohem_thresh <= 1.0:
-        raise ValueError(f"ohem_thresh must be in (0, 1] or None, got {ohem_thresh}")
-    if ohem_min_kept < 0:
-        raise ValueError(f"ohem_min_kept must be >= 0, got {ohem_min_kept}")
+    """Softmax cross-entropy, mean over kept pixels; same value as ``F.cross_entropy``.
 
+    ``loss = sum_i w_{y_i} [(1-eps) (-log p_{i,y_i}) + eps/C sum_c w_c/w_{y_i} (-log p_{i,c})]
+    / sum_i w_{y_i}`` with label smoothing ``eps`` (Szegedy et al. 2016), exactly torch's
+    convention for class weights with smoothing. With ``ohem_thresh`` only the hard pixels
+    (true-class probability below it, at least ``ohem_min_kept`` of them) are kept.
+
+    Args:
+        logits: [B,C,H,W] raw scores.
+        target: [B,H,W] class ids.
+        weight: per-class weights [C], or None.
+        label_smoothing: eps in [0, 1].
+        ohem_thresh: probability threshold in (0, 1] for OHEM, or None to keep every valid
+            pixel.
+        ohem_min_kept: least number of pixels OHEM keeps (over the whole batch), >= 0.
+        ignore_index: label of ignored pixels.
+
+    Returns:
+        0-dim float32 tensor; exactly 0 (finite zero gradient) when no pixel is kept, where
+        torch returns NaN.
+
+    Example:
+        >>> import torch
+        >>> logits, target = torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)
+        >>> round(cross_entropy(logits, target).item(), 4)
+        1.0986
+    """
     keep = prep.valid if ohem_thresh is None else _ohem_keep(prep, ohem_thresh, ohem_min_kept)
     keepf = keep.to(prep.logits.dtype)
     nll = -prep.logp_true
@@ -63,50 +89,3 @@ def _cross_entropy(
         loss_sum = (1.0 - label_smoothing) * loss_sum + label_smoothing * (smooth * keepf).sum()
     denom = pixel_w.sum()
     return loss_sum / torch.where(denom > 0, denom, torch.ones_like(denom))
-
-
-@register_loss("ce", from_prepared=_cross_entropy)
-def cross_entropy(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    weight: Sequence[float] | Tensor | None = None,
-    label_smoothing: float = 0.0,
-    ohem_thresh: float | None = None,
-    ohem_min_kept: int = 0,
-    ignore_index: int = 255,
-) -> Tensor:
-    """Softmax cross-entropy, mean over kept pixels; same value as ``F.cross_entropy``.
-
-    ``loss = sum_i w_{y_i} [(1-eps) (-log p_{i,y_i}) + eps/C sum_c w_c/w_{y_i} (-log p_{i,c})]
-    / sum_i w_{y_i}`` with label smoothing ``eps`` (Szegedy et al. 2016), exactly torch's
-    convention for class weights with smoothing. With ``ohem_thresh`` only the hard pixels
-    (true-class probability below it, at least ``ohem_min_kept`` of them) are kept.
-
-    Args:
-        logits: [B,C,H,W] raw scores.
-        target: [B,H,W] class ids.
-        weight: per-class weights [C], or None.
-        label_smoothing: eps in [0, 1].
-        ohem_thresh: probability threshold for OHEM, or None to keep every valid pixel.
-        ohem_min_kept: least number of pixels OHEM keeps (over the whole batch).
-        ignore_index: label of ignored pixels.
-
-    Returns:
-        0-dim float32 tensor; exactly 0 (finite zero gradient) when no pixel is kept, where
-        torch returns NaN.
-
-    Example:
-        >>> import torch
-        >>> logits, target = torch.zeros(1, 3, 2, 2), torch.zeros(1, 2, 2, dtype=torch.long)
-        >>> round(cross_entropy(logits, target).item(), 4)
-        1.0986
-    """
-    with float32_region(logits):
-        return _cross_entropy(
-            Prepared(logits, target, ignore_index),
-            weight=weight,
-            label_smoothing=label_smoothing,
-            ohem_thresh=ohem_thresh,
-            ohem_min_kept=ohem_min_kept,
-        )

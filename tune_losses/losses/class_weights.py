@@ -1,7 +1,8 @@
-"""Class weights from label frequencies, computed once from the training masks."""
+"""Class weights from label frequencies: the method names (here only) and their formulas."""
 
 from __future__ import annotations
 
+import typing
 from typing import Literal
 
 import numpy as np
@@ -9,7 +10,7 @@ import torch
 from torch import Tensor
 
 WeightMethod = Literal["inverse", "sqrt_inverse", "median_frequency"]
-WEIGHT_METHODS: tuple[str, ...] = ("inverse", "sqrt_inverse", "median_frequency")
+WEIGHT_METHODS: tuple[str, ...] = typing.get_args(WeightMethod)
 
 
 def class_weights_from_frequencies(freqs: np.ndarray | Tensor, method: WeightMethod) -> Tensor:

@@ -16,10 +16,11 @@ How a class counts (``classes``):
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from torch import Tensor
 
-from ._functional import ClassSelection, Prepared, class_selection, float32_region, masked_mean
+from ._functional import ClassSelection, NonNegative, Prepared, class_selection, masked_mean
 from .registry import register_loss
 
 _EPS = 1e-12
@@ -29,11 +30,8 @@ def _overlap_loss(
     prep: Prepared,
     score: Callable[[Tensor, Tensor, Tensor], Tensor],
     classes: ClassSelection,
-    smooth: float,
 ) -> Tensor:
     """Mean over selected classes of ``1 - score(I, P, Y)``."""
-    if smooth < 0:
-        raise ValueError(f"smooth must be >= 0, got {smooth}")
     inter, pred, label = prep.soft_counts
     selected = class_selection(classes, prep.num_classes, inter.device)
     if classes == "present":
@@ -42,56 +40,14 @@ def _overlap_loss(
     return masked_mean(1.0 - score(inter, pred, label), selected)
 
 
-def _dice(prep: Prepared, *, smooth: float = 0.0, classes: ClassSelection = "present") -> Tensor:
-    """Soft Dice on a prepared head; see :func:`dice`."""
-
-    def score(i: Tensor, p: Tensor, y: Tensor) -> Tensor:
-        return (2.0 * i + smooth) / (p + y + smooth).clamp_min(_EPS)
-
-    return _overlap_loss(prep, score, classes, smooth)
-
-
-def _jaccard(prep: Prepared, *, smooth: float = 0.0, classes: ClassSelection = "present") -> Tensor:
-    """Soft Jaccard on a prepared head; see :func:`jaccard`."""
-
-    def score(i: Tensor, p: Tensor, y: Tensor) -> Tensor:
-        return (i + smooth) / (p + y - i + smooth).clamp_min(_EPS)
-
-    return _overlap_loss(prep, score, classes, smooth)
-
-
-def _tversky(
-    prep: Prepared,
-    *,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    smooth: float = 0.0,
-    classes: ClassSelection = "present",
-) -> Tensor:
-    """Tversky loss on a prepared head; see :func:`tversky`."""
-    if alpha < 0 or beta < 0 or alpha + beta == 0:
-        raise ValueError(f"alpha and beta must be >= 0, not both 0; got {alpha}, {beta}")
-
-    def score(i: Tensor, p: Tensor, y: Tensor) -> Tensor:
-        denom = i + alpha * (p - i) + beta * (y - i) + smooth
-        return (i + smooth) / denom.clamp_min(_EPS)
-
-    return _overlap_loss(prep, score, classes, smooth)
-
-
-@register_loss("dice", from_prepared=_dice)
+@register_loss("dice")
 def dice(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    smooth: float = 0.0,
-    classes: ClassSelection = "present",
-    ignore_index: int = 255,
+    prep: Prepared, *, smooth: NonNegative = 0.0, classes: ClassSelection = "present"
 ) -> Tensor:
     """Soft Dice loss per class over the batch, ``1 - (2 I + s) / (P + Y + s)``, class mean.
 
     Milletari et al., "V-Net", 3DV 2016 (soft Dice coefficient). See the module docstring
-    for ``classes`` and absent classes.
+    for ``classes`` and absent classes; ``smooth`` is ``s`` >= 0.
 
     Example:
         >>> import torch
@@ -99,50 +55,54 @@ def dice(
         >>> dice(logits, torch.zeros(1, 1, 1, dtype=torch.long)).item() < 1e-3
         True
     """
-    with float32_region(logits):
-        return _dice(Prepared(logits, target, ignore_index), smooth=smooth, classes=classes)
+
+    def score(i: Tensor, p: Tensor, y: Tensor) -> Tensor:
+        return (2.0 * i + smooth) / (p + y + smooth).clamp_min(_EPS)
+
+    return _overlap_loss(prep, score, classes)
 
 
-@register_loss("jaccard", from_prepared=_jaccard)
+@register_loss("jaccard")
 def jaccard(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    smooth: float = 0.0,
-    classes: ClassSelection = "present",
-    ignore_index: int = 255,
+    prep: Prepared, *, smooth: NonNegative = 0.0, classes: ClassSelection = "present"
 ) -> Tensor:
     """Soft Jaccard (IoU) loss per class over the batch, ``1 - (I + s) / (P + Y - I + s)``.
 
     Rahman & Wang, "Optimizing Intersection-over-Union in Deep Neural Networks for Image
     Segmentation", ISVC 2016. See the module docstring for ``classes``.
     """
-    with float32_region(logits):
-        return _jaccard(Prepared(logits, target, ignore_index), smooth=smooth, classes=classes)
+
+    def score(i: Tensor, p: Tensor, y: Tensor) -> Tensor:
+        return (i + smooth) / (p + y - i + smooth).clamp_min(_EPS)
+
+    return _overlap_loss(prep, score, classes)
 
 
-@register_loss("tversky", from_prepared=_tversky)
+def _alpha_or_beta(options: Any) -> None:
+    """Tversky needs some weight on FP or FN: ``alpha + beta > 0``."""
+    if options.alpha + options.beta == 0:
+        raise ValueError("alpha and beta must not both be 0")
+
+
+@register_loss("tversky", check=_alpha_or_beta)
 def tversky(
-    logits: Tensor,
-    target: Tensor,
+    prep: Prepared,
     *,
-    alpha: float = 0.5,
-    beta: float = 0.5,
-    smooth: float = 0.0,
+    alpha: NonNegative = 0.5,
+    beta: NonNegative = 0.5,
+    smooth: NonNegative = 0.0,
     classes: ClassSelection = "present",
-    ignore_index: int = 255,
 ) -> Tensor:
     """Tversky loss ``1 - (I + s) / (I + alpha FP + beta FN + s)``, class mean over the batch.
 
     Salehi et al., "Tversky loss function for image segmentation using 3D fully
     convolutional deep networks", MLMI 2017: soft ``FP = P - I`` weighted by ``alpha``,
-    soft ``FN = Y - I`` by ``beta``; ``alpha = beta = 0.5`` is Dice, ``1, 1`` is Jaccard.
+    soft ``FN = Y - I`` by ``beta`` (both >= 0, not both 0); ``alpha = beta = 0.5`` is Dice,
+    ``1, 1`` is Jaccard.
     """
-    with float32_region(logits):
-        return _tversky(
-            Prepared(logits, target, ignore_index),
-            alpha=alpha,
-            beta=beta,
-            smooth=smooth,
-            classes=classes,
-        )
+
+    def score(i: Tensor, p: Tensor, y: Tensor) -> Tensor:
+        denom = i + alpha * (p - i) + beta * (y - i) + smooth
+        return (i + smooth) / denom.clamp_min(_EPS)
+
+    return _overlap_loss(prep, score, classes)

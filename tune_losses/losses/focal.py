@@ -7,7 +7,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from ._functional import Prepared, class_vector, float32_region, masked_mean
+from ._functional import NonNegative, Prepared, class_vector, masked_mean
 from .registry import register_loss
 
 Alpha = float | Sequence[float] | Tensor | None
@@ -20,8 +20,6 @@ def focal_pixels(prep: Prepared, *, gamma: float, alpha: Alpha) -> Tensor:
     ``-expm1(log p_t)`` so it stays accurate when ``p_t`` is close to 1. Ignored pixels hold
     finite garbage; callers mask them.
     """
-    if gamma < 0:
-        raise ValueError(f"gamma must be >= 0, got {gamma}")
     logp = prep.logp_true
     loss = -logp
     if gamma > 0:
@@ -34,20 +32,8 @@ def focal_pixels(prep: Prepared, *, gamma: float, alpha: Alpha) -> Tensor:
     return loss * class_vector(alpha, prep.num_classes, prep.logits, "alpha")[prep.target]
 
 
-def _focal(prep: Prepared, *, gamma: float = 2.0, alpha: Alpha = None) -> Tensor:
-    """Focal loss on a prepared head; see :func:`focal`."""
-    return masked_mean(focal_pixels(prep, gamma=gamma, alpha=alpha), prep.valid)
-
-
-@register_loss("focal", from_prepared=_focal)
-def focal(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    gamma: float = 2.0,
-    alpha: Alpha = None,
-    ignore_index: int = 255,
-) -> Tensor:
+@register_loss("focal")
+def focal(prep: Prepared, *, gamma: NonNegative = 2.0, alpha: Alpha = None) -> Tensor:
     """True softmax focal loss: mean over kept pixels of ``-alpha_t (1 - p_t)^gamma log p_t``.
 
     Down-weights well-classified pixels by ``(1 - p_t)^gamma`` (Lin et al. 2017, eq. 5) with
@@ -72,5 +58,4 @@ def focal(
         >>> round(focal(logits, target, gamma=2.0).item(), 4)  # 0.25 * ln 2
         0.1733
     """
-    with float32_region(logits):
-        return _focal(Prepared(logits, target, ignore_index), gamma=gamma, alpha=alpha)
+    return masked_mean(focal_pixels(prep, gamma=gamma, alpha=alpha), prep.valid)

@@ -30,7 +30,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from ._functional import ClassSelection, Prepared, class_selection, float32_region, masked_mean
+from ._functional import ClassSelection, Prepared, class_selection, masked_mean
 from .registry import register_loss
 
 _INF_BITS = 0x7F800000  # bit pattern of float32 +inf: every finite error >= 0 is below it
@@ -136,10 +136,25 @@ class _GroupDot(torch.autograd.Function):
         return w * scale, None, None
 
 
-def _lovasz_softmax(
+@register_loss("lovasz")
+def lovasz_softmax(
     prep: Prepared, *, classes: ClassSelection = "present", per_image: bool = False
 ) -> Tensor:
-    """Lovasz-Softmax on a prepared head; see :func:`lovasz_softmax`.
+    """Lovasz-Softmax loss on softmax probabilities, errors ``|y_c - p_c|`` per class.
+
+    Args:
+        logits: [B,C,H,W] raw scores (softmax is applied here).
+        target: [B,H,W] class ids.
+        classes: "present" (classes with a kept pixel in the group), "all" or a list of ids.
+            As in Berman's reference code, "all" and a list include absent classes, whose
+            Jaccard gradient is ``(1, 0, ..., 0)``: their loss is the largest predicted
+            probability of that class.
+        per_image: loss per image (mean over its selected classes), then mean over images
+            that have a kept pixel; otherwise one group per class over the whole batch.
+        ignore_index: label of ignored pixels.
+
+    Returns:
+        0-dim float32 tensor; 0 with a zero gradient when every pixel is ignored.
 
     With errors ``|y - p|`` the loss of a group is ``sum_i w_i p_i (1 - 2 y_i) + sum_i w_i
     y_i``: only ``w (1 - 2 y)`` is kept for the backward pass.
@@ -200,8 +215,17 @@ def _lovasz_softmax(
     return masked_mean(per_image_mean, selected.any(dim=1))
 
 
-def _lovasz_hinge(prep: Prepared, *, per_image: bool = False) -> Tensor:
-    """Binary Lovasz hinge on a prepared head; see :func:`lovasz_hinge`."""
+@register_loss("lovasz_hinge")
+def lovasz_hinge(prep: Prepared, *, per_image: bool = False) -> Tensor:
+    """Binary Lovasz hinge: Lovasz extension of ``relu(1 - s * (2y - 1))`` (Berman et al. eq. 10).
+
+    Args:
+        logits: [B,1,H,W] foreground score, or [B,2,H,W] (score = logit 1 - logit 0).
+        target: [B,H,W] with 0 (background), 1 (foreground) or ``ignore_index``.
+        per_image: one group per image, mean over images with a kept pixel (Berman's
+            reference defaults to True here; this library defaults to False everywhere).
+        ignore_index: label of ignored pixels.
+    """
     b, c, h, w = prep.logits.shape
     if c == 1:
         score = prep.logits[:, 0]
@@ -223,51 +247,3 @@ def _lovasz_hinge(prep: Prepared, *, per_image: bool = False) -> Tensor:
         weights = torch.empty_like(detached).view(-1).scatter_(0, perm, grad.view(-1))
     losses = (errors * weights.view(errors.shape)).sum(dim=1)
     return masked_mean(losses, valid.any(dim=1))
-
-
-@register_loss("lovasz", from_prepared=_lovasz_softmax)
-def lovasz_softmax(
-    logits: Tensor,
-    target: Tensor,
-    *,
-    classes: ClassSelection = "present",
-    per_image: bool = False,
-    ignore_index: int = 255,
-) -> Tensor:
-    """Lovasz-Softmax loss on softmax probabilities, errors ``|y_c - p_c|`` per class.
-
-    Args:
-        logits: [B,C,H,W] raw scores (softmax is applied here).
-        target: [B,H,W] class ids.
-        classes: "present" (classes with a kept pixel in the group), "all" or a list of ids.
-            As in Berman's reference code, "all" and a list include absent classes, whose
-            Jaccard gradient is ``(1, 0, ..., 0)``: their loss is the largest predicted
-            probability of that class.
-        per_image: loss per image (mean over its selected classes), then mean over images
-            that have a kept pixel; otherwise one group per class over the whole batch.
-        ignore_index: label of ignored pixels.
-
-    Returns:
-        0-dim float32 tensor; 0 with a zero gradient when every pixel is ignored.
-    """
-    with float32_region(logits):
-        return _lovasz_softmax(
-            Prepared(logits, target, ignore_index), classes=classes, per_image=per_image
-        )
-
-
-@register_loss("lovasz_hinge", from_prepared=_lovasz_hinge)
-def lovasz_hinge(
-    logits: Tensor, target: Tensor, *, per_image: bool = False, ignore_index: int = 255
-) -> Tensor:
-    """Binary Lovasz hinge: Lovasz extension of ``relu(1 - s * (2y - 1))`` (Berman et al. eq. 10).
-
-    Args:
-        logits: [B,1,H,W] foreground score, or [B,2,H,W] (score = logit 1 - logit 0).
-        target: [B,H,W] with 0 (background), 1 (foreground) or ``ignore_index``.
-        per_image: one group per image, mean over images with a kept pixel (Berman's
-            reference defaults to True here; this library defaults to False everywhere).
-        ignore_index: label of ignored pixels.
-    """
-    with float32_region(logits):
-        return _lovasz_hinge(Prepared(logits, target, ignore_index), per_image=per_image)

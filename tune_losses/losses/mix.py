@@ -1,8 +1,7 @@
-"""LossMix: a weighted, scheduled sum of loss terms over one or more output heads."""
+"""LossMix: the weighted, scheduled sum of loss terms over a model's output heads."""
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,10 +13,9 @@ from torch import Tensor, nn
 from tune_losses.schedules import Schedule, build_schedule
 
 from ._functional import Prepared, float32_region
-from .class_weights import WEIGHT_METHODS, class_weights_from_frequencies
+from .class_weights import class_weights_from_frequencies
 from .registry import LossFn, get_loss
-
-_RESERVED = ("weight", "term", "class_weights")
+from .spec import TermSpec, class_weight_target, validate_loss
 
 
 @dataclass
@@ -47,11 +45,15 @@ class _Term:
     class_weight_source: str | list[float] | None = None
 
 
-def _keyword_options(fn: LossFn) -> tuple[set[str], bool]:
-    """Keyword-only parameter names of ``fn`` and whether it takes ``**kwargs``."""
-    params = inspect.signature(fn).parameters.values()
-    names = {p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY}
-    return names, any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params)
+def _resolve(head: str, key: str, spec: TermSpec) -> _Term:
+    """A validated term spec resolved: its function, its schedule, its class-weight option."""
+    name = spec.name(key)
+    fn = get_loss(name)
+    term = _Term(f"{head}/{key}", head, name, fn, build_schedule(spec.weight), spec.options)
+    if spec.class_weights is not None:
+        term.class_weight_param = class_weight_target(fn)
+        term.class_weight_source = spec.class_weights
+    return term
 
 
 class LossMix(nn.Module):
@@ -61,9 +63,12 @@ class LossMix(nn.Module):
     a term whose weight is 0 at the current progress is not computed at all.
 
     Args:
-        spec: ``{head: {term_key: {"weight": number | schedule mapping, "term": registry
-            name or "pkg.mod:fn" (default: term_key), "class_weights": method name or
-            per-class list (for terms with a ``weight`` or ``alpha`` option), **options}}}``.
+        spec: ``{head: {term_key: TermSpec}}`` as the config holds it (validated there by
+            :func:`~tune_losses.losses.spec.validate_loss`, and trusted here), or a raw
+            mapping ``{head: {term_key: {"weight": number | schedule mapping, "term":
+            registry name or "pkg.mod:fn" (default: term_key), "class_weights": method name
+            or per-class list (for terms with a ``weight`` or ``alpha`` option),
+            **options}}}``, which goes through that same function.
         ignore_index: label of ignored pixels, passed to every term.
         class_frequencies: per-class pixel counts of the training masks, needed when a
             ``class_weights`` method is named; weights are computed once per method.
@@ -80,54 +85,27 @@ class LossMix(nn.Module):
 
     def __init__(
         self,
-        spec: Mapping[str, Mapping[str, Mapping]],
+        spec: Mapping[str, Mapping[str, TermSpec | Mapping[str, Any] | None]],
         *,
         ignore_index: int = 255,
         class_frequencies: np.ndarray | None = None,
     ) -> None:
         super().__init__()
-        if not spec:
-            raise ValueError("the loss spec has no head")
         self.ignore_index = ignore_index
         self.class_frequencies = (
             None if class_frequencies is None else np.asarray(class_frequencies)
         )
         self._method_weights: dict[str, Tensor] = {}
-        self._terms: list[_Term] = []
-        for head, terms in spec.items():
-            if not isinstance(terms, Mapping) or not terms:
-                raise ValueError(f"head {head!r} must map term names to term specs")
-            for term_key, term_spec in terms.items():
-                self._terms.append(self._build_term(head, term_key, term_spec))
+        self._terms = [
+            _resolve(head, key, term)
+            for head, terms in validate_loss(spec).items()
+            for key, term in terms.items()
+        ]
+        if not self._terms:  # valid in a search space (every term "none"), not trainable
+            raise ValueError("every term of the loss is switched off")
         for index, term in enumerate(self._terms):
             weights = self._resolve_class_weights(term)
             self.register_buffer(f"_class_weights_{index}", weights, persistent=False)
-
-    def _build_term(self, head: str, term_key: str, term_spec: Mapping) -> _Term:
-        key = f"{head}/{term_key}"
-        if not isinstance(term_spec, Mapping) or "weight" not in term_spec:
-            raise ValueError(f"term {key!r} needs a mapping with a 'weight'")
-        name = term_spec.get("term", term_key)
-        fn = get_loss(name)
-        options = {k: v for k, v in term_spec.items() if k not in _RESERVED}
-        allowed, any_kwargs = _keyword_options(fn)
-        unknown = sorted(set(options) - allowed) if not any_kwargs else []
-        if unknown or "ignore_index" in options:
-            raise ValueError(
-                f"term {key!r} ({name}): options {unknown or ['ignore_index']} are not accepted; "
-                f"allowed: {sorted(allowed - {'ignore_index'})}"
-            )
-        term = _Term(key, head, name, fn, build_schedule(term_spec["weight"]), options)
-        source = term_spec.get("class_weights")
-        if source is not None:
-            param = "weight" if "weight" in allowed else "alpha" if "alpha" in allowed else None
-            if param is None:
-                raise ValueError(f"term {key!r} ({name}) takes no class weights")
-            if param in options:
-                raise ValueError(f"term {key!r}: give class_weights or {param!r}, not both")
-            term.class_weight_param = param
-            term.class_weight_source = source if isinstance(source, str) else list(source)
-        return term
 
     def _resolve_class_weights(self, term: _Term) -> Tensor | None:
         source = term.class_weight_source
@@ -135,8 +113,6 @@ class LossMix(nn.Module):
             return None
         if not isinstance(source, str):
             return torch.as_tensor(source, dtype=torch.float32)
-        if source not in WEIGHT_METHODS:
-            raise ValueError(f"term {term.key!r}: class_weights {source!r} not in {WEIGHT_METHODS}")
         if self.class_frequencies is None:
             raise ValueError(
                 f"term {term.key!r} asks for {source!r} class weights but LossMix got no "
@@ -152,9 +128,9 @@ class LossMix(nn.Module):
         options = dict(term.options)
         if term.class_weight_param is not None:
             options[term.class_weight_param] = getattr(self, f"_class_weights_{index}")
-        from_prepared = getattr(term.fn, "from_prepared", None)
-        if from_prepared is not None:
-            return from_prepared(prep, **options)
+        on_prepared = getattr(term.fn, "on_prepared", None)
+        if on_prepared is not None:
+            return on_prepared(prep, **options)
         return term.fn(logits, target, **options, ignore_index=self.ignore_index)
 
     def forward(self, outputs: Mapping[str, Tensor], target: Tensor, progress: float) -> LossOutput:

@@ -1,0 +1,124 @@
+"""The loss section's schema: ``{head: {term_key: {weight, term?, class_weights?, **options}}}``.
+
+:func:`validate_loss` checks a raw loss mapping once (the config layer calls it for the YAML
+``loss`` section, :class:`~tune_losses.losses.mix.LossMix` for a raw mapping) and returns
+:class:`TermSpec` models that the rest trusts. The weight is checked by
+:mod:`tune_losses.schedules`, the options by the term's own signature
+(:func:`~tune_losses.losses.registry.validate_options`). Errors are one line naming the field,
+``loss.decode.focal.gamma: Input should be greater than or equal to 0``.
+
+Example:
+    >>> spec = validate_loss({"decode": {"focal": {"weight": 0.5, "gamma": 1}}})
+    >>> spec["decode"]["focal"].model_dump()
+    {'weight': 0.5, 'gamma': 1.0}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    SerializerFunctionWrapHandler,
+    ValidationError,
+    model_serializer,
+)
+
+from tune_losses.schedules import WEIGHT_TAGS, Weight
+
+from .class_weights import WeightMethod
+from .registry import LossFn, get_loss, one_line, options_model, validate_options
+
+_CLASS_WEIGHT_TARGETS = ("weight", "alpha")  # the options that class weights fill, in order
+
+
+class TermSpec(BaseModel):
+    """One validated term of a head: weight (number or schedule), term, class weights, options.
+
+    Dumps (``model_dump``) to the mapping it was validated from, normalised: ``weight`` always,
+    ``term`` and ``class_weights`` only when given, then the options given, in the term's
+    signature order. It also reads like that mapping (``spec["gamma"]``, ``{**spec}``), so code
+    written against the plain-dict loss section keeps working.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    weight: Weight = 1.0
+    term: str | None = None
+    class_weights: WeightMethod | list[float] | None = None
+    options: dict[str, Any] = {}
+
+    def name(self, key: str) -> str:
+        """The registry name or dotted path of the term stored under ``key``."""
+        return self.term or key
+
+    @model_serializer(mode="wrap")
+    def _flat(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        flat = {"weight": data["weight"]}
+        flat.update({k: data[k] for k in ("term", "class_weights") if data[k] is not None})
+        flat.update(data["options"])
+        return flat
+
+    def keys(self) -> Iterator[str]:
+        return iter(self.model_dump())
+
+    def __getitem__(self, key: str) -> Any:
+        return self.model_dump()[key]
+
+
+LossSpec = dict[str, dict[str, TermSpec]]
+_HEAD_FIELDS = ("weight", "term", "class_weights")
+
+
+def class_weight_target(fn: LossFn) -> str | None:
+    """The option of ``fn`` that ``class_weights`` fills (``weight``, else ``alpha``), if any."""
+    fields = options_model(fn).model_fields
+    return next((t for t in _CLASS_WEIGHT_TARGETS if t in fields), None)
+
+
+def validate_term(key: str, raw: Any) -> TermSpec:
+    """Check one ``{weight, term?, class_weights?, **options}`` mapping stored under ``key``.
+
+    Raises pydantic's ``ValidationError`` for a field, ``ValueError`` for the rest.
+    """
+    if not isinstance(raw, Mapping):
+        raise ValueError(f"expected a mapping of term options, got {raw!r}")
+    spec = TermSpec.model_validate({k: v for k, v in raw.items() if k in _HEAD_FIELDS})
+    name = spec.name(key)
+    fn = get_loss(name)
+    options = validate_options(fn, {k: v for k, v in raw.items() if k not in _HEAD_FIELDS})
+    if spec.class_weights is not None:
+        target = class_weight_target(fn)
+        if target is None:
+            raise ValueError(f"term {name!r} takes no class weights")
+        if target in options:
+            raise ValueError(f"give class_weights or {target}, not both")
+    return spec.model_copy(update={"options": options})
+
+
+def validate_loss(raw: Any) -> LossSpec:
+    """Check a whole loss mapping; a term that is ``None`` is switched off, a TermSpec kept.
+
+    Raises ``ValueError`` with one line naming the field (``loss.<head>.<term>.<field>: ...``).
+    """
+    if not isinstance(raw, Mapping) or not raw:
+        raise ValueError("loss must map head names to terms, e.g. {decode: {ce: {weight: 1}}}")
+    out: LossSpec = {}
+    for head, terms in raw.items():
+        if not isinstance(terms, Mapping):
+            raise ValueError(f"loss.{head}: expected a mapping of terms, got {terms!r}")
+        out[str(head)] = {}
+        for key, spec in terms.items():
+            if spec is None:  # a term switched off (e.g. the "none" choice of a search)
+                continue
+            try:
+                checked = spec if isinstance(spec, TermSpec) else validate_term(str(key), spec)
+            except ValidationError as exc:
+                raise ValueError(one_line(exc, WEIGHT_TAGS, f"loss.{head}.{key}")) from None
+            except ValueError as exc:
+                raise ValueError(f"loss.{head}.{key}: {exc}") from None
+            out[str(head)][str(key)] = checked
+    return out

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 import albumentations as A
 import cv2
@@ -59,14 +60,7 @@ def build_train_transform(
             )
         )
     ops += [
-        A.PadIfNeeded(
-            min_height=h,
-            min_width=w,
-            position="random",
-            border_mode=cv2.BORDER_CONSTANT,
-            fill=0,
-            fill_mask=ignore_index,
-        ),
+        _pad(ignore_index, min_height=h, min_width=w, position="random"),
         A.RandomCrop(height=h, width=w),
     ]
     if aug.hflip:
@@ -80,19 +74,22 @@ def build_train_transform(
     return A.Compose(ops, seed=seed)
 
 
+def _pad(ignore_index: int, **where: Any) -> A.PadIfNeeded:
+    """Zero-pad the image and fill the mask with ``ignore_index`` (padding is never a class)."""
+    return A.PadIfNeeded(border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index, **where)
+
+
 def build_val_transform(pad_multiple: int, ignore_index: int) -> A.Compose:
     """Pad bottom/right to a multiple of ``pad_multiple`` (masks with ``ignore_index``)."""
     return A.Compose(
         [
-            A.PadIfNeeded(
+            _pad(
+                ignore_index,
                 min_height=None,
                 min_width=None,
                 pad_height_divisor=pad_multiple,
                 pad_width_divisor=pad_multiple,
                 position="top_left",
-                border_mode=cv2.BORDER_CONSTANT,
-                fill=0,
-                fill_mask=ignore_index,
             ),
             A.Normalize(mean=IMAGENET_MEAN, std=IMAGENET_STD),
         ],

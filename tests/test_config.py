@@ -152,3 +152,14 @@ def test_flatten_gives_mlflow_style_keys() -> None:
         "loss.aux.ce.weight.start": 0.5,
         "loss.aux.ce.weight.end": 0.1,
     }
+
+
+def test_several_metrics_need_fifo_and_one_mode_each() -> None:
+    ok = validate_experiment(
+        {"search": {"metric": ["val/mIoU", "val/boundary_IoU"], "scheduler": "fifo"}}
+    )
+    assert ok.search.objectives == [("val/mIoU", "max"), ("val/boundary_IoU", "max")]
+    assert ok.search.best_metric == ["best_val_mIoU", "best_val_boundary_IoU"]
+    assert "use scheduler: fifo" in error_of({"search": {"metric": ["val/mIoU", "val/mDice"]}})
+    two_modes = {"metric": ["val/mIoU", "val/mDice"], "mode": ["max"], "scheduler": "fifo"}
+    assert "one per metric" in error_of({"search": two_modes})

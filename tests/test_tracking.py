@@ -19,6 +19,7 @@ from tune_losses.tracking import (
     leaderboard_csv,
     leaderboard_rows,
     load_trials,
+    pareto_front,
     stop_reason,
 )
 
@@ -99,3 +100,10 @@ def test_stop_reason() -> None:
     assert stop_reason({"epoch": 2, "early_stopped": 1.0}, 4, failed=False) == "early_stopping"
     assert stop_reason({"epoch": 4}, 4, failed=False) == "completed"
     assert stop_reason({"epoch": 2}, 4, failed=False) == "asha"
+
+
+def test_pareto_front_per_mode() -> None:
+    points = {"a": (50.0, 10.0), "b": (40.0, 20.0), "c": (45.0, 9.0), "d": (50.0, 10.0)}
+    assert pareto_front(points, ["max", "max"]) == {"a", "b", "d"}  # c is dominated by a
+    assert pareto_front(points, ["max", "min"]) == {"a", "c", "d"}  # b: lower and higher
+    assert pareto_front({}, ["max", "max"]) == set()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import signal
@@ -415,3 +416,48 @@ def test_pbt_search_learns_a_schedule_that_train_replays(tmp_path: Path) -> None
 
 def best_trial(parent) -> str:
     return parent.data.tags["best_trial"]
+
+
+@pytest.mark.slow
+def test_multi_objective_search_writes_its_pareto_front(tmp_path: Path) -> None:
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": 2, "lr": 0.005},
+        search={
+            "metric": ["val/mIoU", "val/boundary_IoU"],
+            "mode": ["max", "max"],
+            "scheduler": "fifo",
+            "num_samples": 4,
+            "max_concurrent": 2,
+            "n_startup_trials": 2,
+        },
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    storage = tmp_path / "ray"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    proc = run_cli(tmp_path, *args, "--storage", str(storage))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    client, parents, children = runs_of(uri)
+    values = {
+        c.info.run_id: (c.data.metrics["best_val_mIoU"], c.data.metrics["best_val_boundary_IoU"])
+        for c in children
+    }
+    trial_of = {c.info.run_id: c.data.tags["ray.trial_id"] for c in children}
+    (run_dir,) = storage.iterdir()
+    members = {row["run_id"] for row in csv.DictReader((run_dir / "pareto.csv").open())}
+    assert members, "an empty front"
+
+    def dominated(t: str) -> bool:
+        return any(
+            all(o >= v for o, v in zip(other, values[t], strict=True)) and other != values[t]
+            for other in values.values()
+        )
+
+    assert not any(dominated(t) for t in members)
+    assert all(dominated(t) for t in set(values) - members)
+    files = {f"best_config_{trial_of[t]}.yaml" for t in members}
+    for file in files:
+        assert load_experiment(run_dir / file).search.objectives[1] == ("val/boundary_IoU", "max")
+    arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
+    assert "pareto.csv" in arts and files <= arts

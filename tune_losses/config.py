@@ -187,19 +187,30 @@ def best_metric_name(metric: str) -> str:
     return "best_" + metric.replace("/", "_")
 
 
-class SearchConfig(_Strict):
-    """Ray Tune settings: Optuna TPE proposes, ASHA stops the weak trials."""
+Mode = Literal["max", "min"]
 
-    metric: str = "val/mIoU"
-    mode: Literal["max", "min"] = "max"
+
+class SearchConfig(_Strict):
+    """Ray Tune settings: Optuna TPE proposes, ASHA stops the weak trials.
+
+    ``metric`` may list several metrics (with ``mode`` one per metric, or one for all): the
+    search is then multi-objective (Optuna's multi-objective TPE, FIFO: ASHA and PBT need
+    one metric) and ranks trials by their Pareto front.
+    """
+
+    metric: str | list[str] = "val/mIoU"
+    mode: Mode | list[Mode] = "max"
 
     @field_validator("metric")
     @classmethod
-    def _known_metric(cls, v: str) -> str:
-        if v not in SEARCH_METRICS and not v.startswith(("val/IoU/", "train/loss")):
-            raise ValueError(
-                f"unknown metric {v!r}; known: {', '.join(SEARCH_METRICS)}, val/IoU/<class>"
-            )
+    def _known_metric(cls, v: str | list[str]) -> str | list[str]:
+        for name in [v] if isinstance(v, str) else v:
+            if name not in SEARCH_METRICS and not name.startswith(("val/IoU/", "train/loss")):
+                raise ValueError(
+                    f"unknown metric {name!r}; known: {', '.join(SEARCH_METRICS)}, val/IoU/<class>"
+                )
+        if isinstance(v, list) and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError(f"a list of metrics needs two or more distinct ones, got {v}")
         return v
 
     num_samples: int = Field(8, ge=1)
@@ -215,10 +226,30 @@ class SearchConfig(_Strict):
     gpus_per_trial: float = Field(0.0, ge=0.0)
     checkpoint_keep: int = Field(2, ge=1)
 
+    @model_validator(mode="after")
+    def _objectives(self) -> SearchConfig:
+        metrics = [self.metric] if isinstance(self.metric, str) else self.metric
+        if isinstance(self.mode, list) and len(self.mode) != len(metrics):
+            raise ValueError(f"mode: one per metric ({len(metrics)}), got {self.mode}")
+        if len(metrics) > 1 and self.scheduler != "fifo":
+            raise ValueError(
+                f"scheduler: {self.scheduler} needs one metric; with several "
+                f"({', '.join(metrics)}) use scheduler: fifo"
+            )
+        return self
+
     @property
-    def best_metric(self) -> str:
-        """What Optuna learns from and trials rank by: see :func:`best_metric_name`."""
-        return best_metric_name(self.metric)
+    def objectives(self) -> list[tuple[str, str]]:
+        """``[(metric, mode), ...]``: one for a single-metric search, several for a Pareto one."""
+        metrics = [self.metric] if isinstance(self.metric, str) else self.metric
+        modes = self.mode if isinstance(self.mode, list) else [self.mode] * len(metrics)
+        return list(zip(metrics, modes, strict=True))
+
+    @property
+    def best_metric(self) -> str | list[str]:
+        """What Optuna learns from: :func:`best_metric_name` of each metric."""
+        names = [best_metric_name(m) for m, _ in self.objectives]
+        return names[0] if isinstance(self.metric, str) else names
 
 
 class TrackingConfig(_Strict):

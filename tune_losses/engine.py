@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tune_losses.config import ConfigError, Experiment, TrainConfig
+from tune_losses.config import ConfigError, Experiment, TrainConfig, best_metric_name
 from tune_losses.data import DatasetInfo, SegmentationDataset, build_loaders
 from tune_losses.losses import LossMix
 from tune_losses.metrics import SegmentationMetrics
@@ -188,7 +188,7 @@ class Trainer:
         self.best_epoch = 0
         self.best_confmat: Tensor | None = None
         self.best_per_class: list[float] = []
-        self.search_best: float | None = None
+        self.search_best: dict[str, float] = {}
         self.weight_history: list[dict[str, float]] = []
         self.reference = -math.inf
         self.bad_epochs = 0
@@ -292,16 +292,15 @@ class Trainer:
             yield result
 
     def _track_search_best(self, result: dict[str, float]) -> None:
-        """Add the best value so far of ``search.metric`` (per ``search.mode``) as
-        ``search.best_metric``: what a search ranks and learns from, whatever its metric."""
-        search = self.exp.search
-        value = result.get(search.metric)
-        if value is not None and math.isfinite(value):
-            best = self.search_best
-            if best is None or (value > best if search.mode == "max" else value < best):
-                self.search_best = float(value)
-        if self.search_best is not None:
-            result[search.best_metric] = self.search_best
+        """Add the best value so far of each ``search.metric`` (per its mode) as
+        ``best_<metric>``: what a search ranks and learns from, whatever its metrics."""
+        for metric, mode in self.exp.search.objectives:
+            value, best = result.get(metric), self.search_best.get(metric)
+            if value is not None and math.isfinite(value):
+                if best is None or (value > best if mode == "max" else value < best):
+                    self.search_best[metric] = float(value)
+            if metric in self.search_best:
+                result[best_metric_name(metric)] = self.search_best[metric]
 
     def state_dict(self) -> dict[str, Any]:
         """Everything the next epoch depends on, so a resumed run repeats it exactly.
@@ -337,7 +336,7 @@ class Trainer:
         for key in ("epoch", "best", "best_epoch", "best_confmat", "best_per_class", "reference"):
             setattr(self, key, state[key])
         self.bad_epochs, self.stopped_early = state["bad_epochs"], state["stopped_early"]
-        self.search_best = state.get("search_best")
+        self.search_best = dict(state.get("search_best") or {})
         self.weight_history = list(state.get("weight_history", []))
         if "rng" in state:
             self.load_rng_state(state["rng"])

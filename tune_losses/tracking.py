@@ -194,6 +194,11 @@ class SearchTracker(_Writer):
                 self.client.set_tag(pid, key, str(value))
         self.client.set_terminated(pid, "FINISHED")
 
+    def attach(self, texts: Mapping[str, str]) -> None:
+        """Log text files on the parent run (``pareto.csv``, one best config per member)."""
+        for path, text in texts.items():
+            self.client.log_text(self._parent(), text, path)
+
     def open_children(self) -> list[str]:
         """Child runs of this search still RUNNING (trials interrupted mid-way)."""
         if self.parent_id is None:
@@ -354,21 +359,40 @@ class TrialRecord:
     params: dict[str, str]
     history: list[tuple[int, float]] = field(default_factory=list)
     trial_id: str = ""
+    values: dict[str, float] = field(default_factory=dict)
+    pareto: bool = False
 
 
-def ranking(parent: Run) -> tuple[str, str]:
-    """``(metric, mode)`` a search ranks its trials by: its ``search.metric`` and
+def ranking(parent: Run) -> list[tuple[str, str]]:
+    """``[(metric, mode), ...]`` a search ranks its trials by, from its ``search.metric`` and
     ``search.mode`` params (``val/mIoU``, ``max`` for a search that did not log them)."""
     params = parent.data.params
-    return params.get("search.metric", CURVE_METRIC), params.get("search.mode", "max")
+    metrics = yaml.safe_load(params.get("search.metric", CURVE_METRIC))
+    modes = yaml.safe_load(params.get("search.mode", "max"))
+    metrics = [metrics] if isinstance(metrics, str) else list(metrics)
+    modes = [modes] * len(metrics) if isinstance(modes, str) else list(modes)
+    return list(zip(metrics, modes, strict=True))
+
+
+def pareto_front(points: Mapping[str, Sequence[float]], modes: Sequence[str]) -> set[str]:
+    """The keys of ``points`` that no other point dominates (at least as good in every
+    objective per its mode, better in one)."""
+    signs = [1.0 if mode == "max" else -1.0 for mode in modes]
+    scored = {k: [s * v for s, v in zip(signs, p, strict=True)] for k, p in points.items()}
+
+    def dominates(a: list[float], b: list[float]) -> bool:
+        return all(x >= y for x, y in zip(a, b, strict=True)) and a != b
+
+    return {k for k, p in scored.items() if not any(dominates(q, p) for q in scored.values())}
 
 
 def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
     """Every child run of ``parent`` with its ``loss.*`` params and ``val/mIoU`` history,
-    best first by the search's metric and mode (:func:`ranking`), trials with no value last.
-    ``TrialRecord.best`` is the trial's best value of that metric."""
-    metric, mode = ranking(parent)
-    best_key = best_metric_name(metric)
+    best first by the search's objectives (:func:`ranking`; the Pareto front first when there
+    are several), trials with no value last. ``TrialRecord.best`` is the trial's best value
+    of the first metric, ``values`` of each."""
+    objectives = ranking(parent)
+    metric, mode = objectives[0]
     sign = -1.0 if mode == "max" else 1.0
     pid = parent.info.run_id
     children = search_all(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{pid}'")
@@ -379,9 +403,12 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
         for m in sorted(history, key=lambda m: m.timestamp):  # a retried epoch: keep the last
             by_step[int(m.step)] = float(m.value)
         curve = sorted(by_step.items())
-        best = child.data.metrics.get(best_key)
-        if best is None and metric == CURVE_METRIC:
-            best = max((v for _, v in curve if math.isfinite(v)), default=math.nan)
+        values = {
+            name: float(child.data.metrics.get(best_metric_name(name), math.nan))
+            for name, _ in objectives
+        }
+        if math.isnan(values[metric]) and metric == CURVE_METRIC:
+            values[metric] = max((v for _, v in curve if math.isfinite(v)), default=math.nan)
         tags = child.data.tags
         trials.append(
             TrialRecord(
@@ -390,14 +417,28 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
                 status=child.info.status,
                 stop_reason=tags.get(STOP_TAG, ""),
                 epochs_run=tags.get(EPOCHS_TAG, ""),
-                best=math.nan if best is None else float(best),
+                best=values[metric],
                 params={k: v for k, v in child.data.params.items() if k.startswith(PARAM_PREFIX)},
                 history=curve,
                 trial_id=tags.get(TRIAL_TAG, ""),
+                values=values,
             )
         )
+    if len(objectives) > 1:
+        done = {
+            t.run_id: list(t.values.values())
+            for t in trials
+            if t.status == "FINISHED" and all(math.isfinite(v) for v in t.values.values())
+        }
+        front = pareto_front(done, [m for _, m in objectives])
+        for t in trials:
+            t.pareto = t.run_id in front
     trials.sort(
-        key=lambda t: (not math.isfinite(t.best), sign * t.best if math.isfinite(t.best) else 0)
+        key=lambda t: (
+            not t.pareto,
+            not math.isfinite(t.best),
+            sign * t.best if math.isfinite(t.best) else 0,
+        )
     )
     return trials
 
@@ -413,6 +454,9 @@ def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     for rank, t in enumerate(trials, 1):
         values = (rank, t.name, t.run_id, t.status, t.stop_reason, t.epochs_run, t.best)
         row: dict[str, Any] = dict(zip(LEADERBOARD_COLUMNS, values, strict=True))
+        if len(t.values) > 1:  # a multi-objective search: each objective and the front
+            row.update({best_metric_name(k): v for k, v in t.values.items()})
+            row["pareto"] = t.pareto
         row.update({k: t.params.get(k, "") for k in keys})
         rows.append(row)
     return rows

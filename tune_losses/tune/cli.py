@@ -223,25 +223,38 @@ def _best_config(result: Any, scheduler: str) -> dict[str, Any]:
 
 
 def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> int:
-    """Leaderboard (from MLflow) printed and logged, best config written; the exit code."""
+    """Leaderboard (from MLflow) printed and logged, best config (or, for several metrics,
+    one per Pareto-front member and ``pareto.csv``) written; returns the exit code."""
     from tune_losses.config import best_metric_name
     from tune_losses.report import print_leaderboard
     from tune_losses.tracking import leaderboard_csv, leaderboard_rows, load_trials, ranking
 
     parent = tracker.client.get_run(tracker.parent_id)
     trials = load_trials(tracker.client, parent)
-    metric, mode = ranking(parent)
+    objectives = ranking(parent)
     by_id = {(r.metrics or {}).get("trial_id"): r for r in results}
     ok = [t for t in trials if t.status == "FINISHED" and math.isfinite(t.best)]
-    best_yaml, best = None, {}
-    if ok and ok[0].trial_id in by_id:
-        best_yaml = yaml.safe_dump(_best_config(by_id[ok[0].trial_id], scheduler), sort_keys=False)
-        best = {best_metric_name(metric): ok[0].best, "best_trial": ok[0].trial_id}
-    tracker.finish(leaderboard_csv(leaderboard_rows(trials)), best_yaml, best)
-    print_leaderboard(trials, f"Leaderboard of {search.name} (best {metric}, {mode})")
-    if best_yaml is not None and search.local:
-        (search.run_dir / "best_config.yaml").write_text(best_yaml)
-        print(f"best config: {search.run_dir / 'best_config.yaml'}")
+    winners = [t for t in ok if t.pareto] if len(objectives) > 1 else ok[:1]
+    configs = {}
+    for t in winners:
+        if t.trial_id in by_id:
+            name = f"best_config_{t.trial_id}.yaml" if len(objectives) > 1 else "best_config.yaml"
+            best_config = _best_config(by_id[t.trial_id], scheduler)
+            configs[name] = yaml.safe_dump(best_config, sort_keys=False)
+    best = {}
+    if ok:
+        best = {best_metric_name(objectives[0][0]): ok[0].best, "best_trial": ok[0].trial_id}
+    if len(objectives) > 1:
+        configs["pareto.csv"] = leaderboard_csv(leaderboard_rows(winners))
+    tracker.attach({k: v for k, v in configs.items() if k != "best_config.yaml"})
+    tracker.finish(leaderboard_csv(leaderboard_rows(trials)), configs.get("best_config.yaml"), best)
+    shown = ", ".join(f"{metric} {mode}" for metric, mode in objectives)
+    print_leaderboard(trials, f"Leaderboard of {search.name} (best {shown})")
+    if search.local:
+        for file, text in configs.items():
+            (search.run_dir / file).write_text(text)
+            what = "pareto front" if file.endswith(".csv") else "best config"
+            print(f"{what}: {search.run_dir / file}")
     print(f"review it:  mlflow ui --backend-store-uri {search.state['tracking_uri']}")
     return 0 if ok else 1
 

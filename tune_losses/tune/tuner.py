@@ -66,14 +66,15 @@ class TellingOptunaSearch(OptunaSearch):
             return super().on_trial_complete(trial_id, result, error)
         state = trial_state(result, error)
         ot_trial = self._ot_trials[trial_id]
-        value = (result or {}).get(self.metric)
+        metrics = self.metric if isinstance(self.metric, list) else [self.metric]
+        values = [(result or {}).get(m) for m in metrics]
         step = (result or {}).get("training_iteration")
-        if state != "FAIL" and (value is None or step is None):
+        if state != "FAIL" and (None in values or step is None):
             state = "FAIL"  # nothing to rank it by
-        if state != "FAIL" and not isinstance(self.metric, list):
+        if state != "FAIL" and len(values) == 1:
             # a trial's last epoch (where it completed or was stopped) reaches
             # on_trial_complete only: report it too, so the study holds every epoch
-            ot_trial.report(float(value), int(step))
+            ot_trial.report(float(values[0]), int(step))
         if state == "COMPLETE":
             return super().on_trial_complete(trial_id, result, error)
         self._ot_study.tell(ot_trial, state=optuna.trial.TrialState[state])
@@ -121,7 +122,7 @@ def new_tuner(
     searcher = TellingOptunaSearch(
         space=space.define_by_run(),
         metric=search.best_metric,
-        mode=search.mode,
+        mode=search.mode if isinstance(search.metric, str) else [m for _, m in search.objectives],
         sampler=make_sampler(space),
         storage=storage,
         study_name=name,

@@ -482,6 +482,21 @@ def test_camvid_loaders_and_frequencies() -> None:
     assert (masks[:, 180:] == 255).all() and (masks[:, :, 240:] == 255).all()
 
 
+def test_camvid_at_half_scale() -> None:
+    """``data.scale: 0.5``: 240x180 images become 120x90 (val padded to 128x96), masks keep
+    only real labels (nearest neighbour), and the default train crop follows."""
+    root = real_data("camvid")
+    cfg = DataConfig(format="folders", root=root, in_memory=False, batch_size=2, scale=0.5)
+    train, val, _ = build_loaders(cfg)
+    images, masks = next(iter(val))
+    assert images.shape == (2, 3, 96, 128) and masks.shape == (2, 96, 128)
+    assert (masks[:, 90:] == 255).all() and (masks[:, :, 120:] == 255).all()
+    assert set(masks.unique().tolist()) <= set(range(11)) | {255}
+    assert (masks[:, :90, :120] != 255).float().mean() > 0.9
+    images, masks = next(iter(train))
+    assert images.shape == (2, 3, 96, 128)
+
+
 def test_membrane_loaders() -> None:
     root = real_data("membrane")
     train, val, info = build_loaders(DataConfig(format="folders", root=root, batch_size=4))

@@ -66,6 +66,9 @@ class DataConfig(_Strict):
     synthetic: SyntheticConfig = SyntheticConfig()
     augment: AugmentConfig = AugmentConfig()
     pad_multiple: int = Field(32, ge=1)
+    scale: float = Field(1.0, gt=0.0, le=1.0)
+    """Downscale every image and mask by this factor first (0.5: half resolution), for
+    searches on a small machine; masks use nearest-neighbour, so no label is invented."""
     classes: list[str] | None = None
     palette: list[tuple[int, int, int]] | None = None
     ignore_index: int = 255

@@ -141,12 +141,13 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     ``ignore_index``).
     """
     train, val, names, palette = _load_splits(cfg)
-    crop = train_crop_size(cfg.augment, train.summary.sizes, cfg.pad_multiple)
+    crop = train_crop_size(cfg.augment, train.summary.sizes, cfg.pad_multiple, cfg.scale)
     train_ds = SegmentationDataset(
-        train.source, build_train_transform(cfg.augment, crop, cfg.ignore_index)
+        train.source,
+        build_train_transform(cfg.augment, crop, cfg.ignore_index, scale=cfg.scale),
     )
     val_ds = SegmentationDataset(
-        val.source, build_val_transform(cfg.pad_multiple, cfg.ignore_index)
+        val.source, build_val_transform(cfg.pad_multiple, cfg.ignore_index, cfg.scale)
     )
     info = DatasetInfo(
         num_classes=len(names),

@@ -29,27 +29,49 @@ def round_up(value: int, multiple: int) -> int:
 
 
 def train_crop_size(
-    aug: AugmentConfig, sizes: Iterable[tuple[int, int]], pad_multiple: int
+    aug: AugmentConfig, sizes: Iterable[tuple[int, int]], pad_multiple: int, scale: float = 1.0
 ) -> tuple[int, int]:
-    """``augment.crop`` when set, else the largest image size of the split padded to the multiple.
+    """``augment.crop`` when set, else the largest image size of the split (after ``scale``)
+    padded to the multiple.
 
     With one image size per split (the usual case) this is simply the padded image size.
     """
     if aug.crop is not None:
         return int(aug.crop[0]), int(aug.crop[1])
     hs, ws = zip(*sizes, strict=True)
-    return round_up(max(hs), pad_multiple), round_up(max(ws), pad_multiple)
+    h, w = math.ceil(max(hs) * scale), math.ceil(max(ws) * scale)
+    return round_up(h, pad_multiple), round_up(w, pad_multiple)
+
+
+def downscale(scale: float) -> list[A.BasicTransform]:
+    """The ops that shrink image and mask by ``scale`` (none at 1): area interpolation for
+    the image, nearest for the mask. A fixed factor, so it draws nothing at random."""
+    if scale == 1.0:
+        return []
+    return [
+        A.RandomScale(
+            scale_limit=(scale - 1.0, scale - 1.0),
+            interpolation=cv2.INTER_AREA,
+            mask_interpolation=cv2.INTER_NEAREST,
+            p=1.0,
+        )
+    ]
 
 
 def build_train_transform(
-    aug: AugmentConfig, crop_hw: tuple[int, int], ignore_index: int, seed: int = 0
+    aug: AugmentConfig,
+    crop_hw: tuple[int, int],
+    ignore_index: int,
+    seed: int = 0,
+    scale: float = 1.0,
 ) -> A.Compose:
-    """Random scale, pad + random crop to ``crop_hw``, flip, colour jitter, normalise."""
+    """Downscale, random scale, pad + random crop to ``crop_hw``, flip, colour jitter,
+    normalise."""
     lo, hi = aug.scale
     if not 0.0 < lo <= hi:
         raise ValueError(f"augment.scale must satisfy 0 < lo <= hi, got {aug.scale}")
     h, w = crop_hw
-    ops: list[A.BasicTransform] = []
+    ops: list[A.BasicTransform] = downscale(scale)
     if (lo, hi) != (1.0, 1.0):
         ops.append(
             A.RandomScale(
@@ -79,10 +101,12 @@ def _pad(ignore_index: int, **where: Any) -> A.PadIfNeeded:
     return A.PadIfNeeded(border_mode=cv2.BORDER_CONSTANT, fill=0, fill_mask=ignore_index, **where)
 
 
-def build_val_transform(pad_multiple: int, ignore_index: int) -> A.Compose:
-    """Pad bottom/right to a multiple of ``pad_multiple`` (masks with ``ignore_index``)."""
+def build_val_transform(pad_multiple: int, ignore_index: int, scale: float = 1.0) -> A.Compose:
+    """Downscale, then pad bottom/right to a multiple of ``pad_multiple`` (masks with
+    ``ignore_index``)."""
     return A.Compose(
         [
+            *downscale(scale),
             _pad(
                 ignore_index,
                 min_height=None,

@@ -99,3 +99,18 @@ def test_stop_reason() -> None:
     assert stop_reason({"epoch": 2, "early_stopped": 1.0}, 4, failed=False) == "early_stopping"
     assert stop_reason({"epoch": 4}, 4, failed=False) == "completed"
     assert stop_reason({"epoch": 2}, 4, failed=False) == "asha"
+
+
+def test_trial_run_name_shows_the_number_and_chosen_options() -> None:
+    config = {
+        "loss.decode.dice.weight": 0.3,
+        "loss.aux.extra.choice": "lovasz",
+        "loss.aux.ce.weight.choice": "decay",
+        "loss.aux.ce.weight.start": 0.8,
+        "experiment": {"loss.x.choice": "not sampled"},
+    }
+    assert tracking.trial_run_name("a1b2c3d4_00003", config) == "t03 lovasz+decay"
+    off = {"loss.aux.extra.choice": "none", "loss.a.grid": "ce"}
+    assert tracking.trial_run_name("x_00012", off) == "t12 ce"
+    assert tracking.trial_run_name("x_00004", {"loss.w": 0.1}) == "t04"
+    assert tracking.trial_run_name("custom", {}) == "custom"

@@ -67,6 +67,35 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
     return params
 
 
+CHOICE_SUFFIXES = (".choice", ".grid")
+_OFF_LABELS = {"none", "null", "off"}
+
+
+def trial_number(trial_id: str) -> int | None:
+    """The counter at the end of a Tune trial id (``a1b2c3d4_00003`` -> 3), if any."""
+    match = re.search(r"(\d+)$", trial_id)
+    return int(match.group(1)) if match else None
+
+
+def trial_run_name(trial_id: str, config: Mapping[str, Any]) -> str:
+    """A child run's name a person can tell apart in the runs table: the trial number and
+    the chosen options of the space's choices, e.g. ``t03 lovasz+decay``.
+
+    The sampled values are the keys of the trial config other than ``experiment``; those
+    ending in ``.choice`` (or ``.grid``) hold an option's label. Options meaning "off"
+    (``none``) are left out; with no choice in the space the name is ``t03``.
+    """
+    number = trial_number(trial_id)
+    name = f"t{number:02d}" if number is not None else trial_id
+    labels = [
+        str(value)
+        for key, value in config.items()
+        if key != "experiment" and key.endswith(CHOICE_SUFFIXES)
+    ]
+    chosen = [label for label in labels if label.lower() not in _OFF_LABELS]
+    return f"{name} {'+'.join(chosen)}" if chosen else name
+
+
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
     """The numbers of an epoch's result worth plotting (ours, not Ray's bookkeeping)."""
     keep = ("train/", "val/", "weight/", "time/")
@@ -228,6 +257,12 @@ class SearchTracker(_Writer):
         self.log_params(run_id, trial_params(config))
         text = yaml.safe_dump(config.get("experiment", {}), sort_keys=False)
         self.client.log_text(run_id, text, TRIAL_CONFIG)
+
+    def log_trial_file(self, trial_id: str, path: str | Path) -> None:
+        """Attach a file (e.g. the best epoch's ``predictions.png``) to a trial's child run."""
+        run_id = self.children.get(trial_id)
+        if run_id is not None:
+            self.client.log_artifact(run_id, str(path))
 
     def trial_result(self, trial_id: str, result: Mapping[str, Any], step: int) -> None:
         """Log one reported epoch of a trial at ``step``."""

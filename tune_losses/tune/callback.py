@@ -15,8 +15,8 @@ from typing import Any
 
 from ray import tune
 
-from tune_losses.engine import read_summary
-from tune_losses.tracking import BEST_METRIC, CURVE_METRIC, SearchTracker
+from tune_losses.engine import PREDICTIONS_FILE, read_summary
+from tune_losses.tracking import BEST_METRIC, CURVE_METRIC, SearchTracker, trial_run_name
 
 
 class TrialLogger(tune.Callback):
@@ -52,12 +52,13 @@ class TrialLogger(tune.Callback):
     def on_trial_start(
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
     ) -> None:
-        self.tracker.trial_started(trial.trial_id, str(trial), trial.config)
+        name = trial_run_name(trial.trial_id, trial.config)
+        self.tracker.trial_started(trial.trial_id, name, trial.config)
         sampled = {k: v for k, v in trial.config.items() if k != "experiment"}
         shown = ", ".join(
             f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sampled.items()
         )
-        self._say(f"{trial.trial_id} started: {shown}")
+        self._say(f"{trial.trial_id} ({name}) started: {shown}")
 
     def on_trial_result(
         self, iteration: int, trials: Sequence[Any], trial: Any, result: dict, **info: Any
@@ -76,6 +77,9 @@ class TrialLogger(tune.Callback):
         summary = None
         if checkpoint is not None and Path(checkpoint.path).is_dir():
             summary = read_summary(checkpoint.path)
+            picture = Path(checkpoint.path) / PREDICTIONS_FILE
+            if picture.is_file():
+                self.tracker.log_trial_file(trial.trial_id, picture)
         return self.tracker.trial_ended(
             trial.trial_id,
             failed=failed,

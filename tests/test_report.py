@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,7 @@ from matplotlib.image import imread
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from tune_losses.report import TrialRecord, main, param_importances
+from tune_losses.report import TrialRecord, main, param_importances, print_leaderboard
 
 DICE = "loss.decode.dice.weight"
 CHOICE = "loss.aux.ce.weight.choice"
@@ -224,3 +225,31 @@ def test_importances_conditional_alias_and_too_few():
     assert few.values == {} and "(have 2)" in (few.message or "")
     flat = param_importances([_trial(i, 50.0 + i, **{"loss.k": "1"}) for i in range(4)])
     assert flat.values == {} and "varies" in (flat.message or "")
+
+
+def test_leaderboard_fits_120_columns_with_many_params() -> None:
+    """aux_weight-like store: 25 trials, 17 searched params with long names, long run names."""
+    keys = [f"loss.{h}.{t}.weight" for h in ("decode", "aux") for t in ("ce", "lovasz_softmax")]
+    keys = [f"{k}.{s}" for k in keys for s in ("start", "end", "gamma", "value")] + [CHOICE]
+    trials = []
+    for i in range(25):
+        params = {k: str(0.123456789 * (i + j)) for j, k in enumerate(keys)}
+        params[CHOICE] = ["none", "a_label_that_is_rather_long_indeed"][i % 2]
+        params["loss.decode.ce.weight"] = "1.0"
+        name = f"t{i:02d} lovasz+decay+a_very_long_option_label"
+        trials.append(
+            TrialRecord(f"r{i}", name, "FINISHED", "early_stopping", "12", 90.0 - i, params)
+        )
+    buffer = io.StringIO()
+    print_leaderboard(
+        trials,
+        "Leaderboard of aux_weight-20250101-120000 (best val mIoU, %)",
+        file=buffer,
+        csv="report/aux_weight-20250101-120000/leaderboard.csv",
+    )
+    text = buffer.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 120, text
+    assert "t00 lovasz" in text and "t09 lovasz" in text and "t10 lovasz" not in text
+    assert "15 more in the CSV" in text and "leaderboard.csv" in text
+    assert "aux.ce.weight" in text  # the choice, first and without the shared "loss."
+    assert "loss.decode" not in text and "more searched params" in text

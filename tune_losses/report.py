@@ -49,6 +49,7 @@ from mlflow.tracking import MlflowClient
 
 from tune_losses.tracking import (
     BEST_METRIC,
+    CHOICE_SUFFIXES,
     CURVE_METRIC,
     LEADERBOARD,
     TrackingError,
@@ -58,6 +59,9 @@ from tune_losses.tracking import (
     leaderboard_rows,
     load_trials,
     open_client,
+    short_names,
+    short_value,
+    varying_params,
 )
 
 MIN_TRIALS = 3
@@ -121,14 +125,6 @@ def _positive_int(text: str) -> int:
 
 
 # --------------------------------------------------------------------------- analysis
-
-
-def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
-    """``loss.*`` params that take more than one value (or are missing somewhere)."""
-    keys = sorted({k for t in trials for k in t.params})
-    if len(trials) < 2:
-        return keys
-    return [k for k in keys if len({t.params.get(k) for t in trials}) > 1]
 
 
 def _as_number(text: str) -> float | None:
@@ -281,36 +277,101 @@ def plot_importances(importances: Importances, path: Path) -> Path | None:
     return path
 
 
+TERMINAL_WIDTH = 120
+TERMINAL_ROWS = 10
+_NAME_WIDTH = 24
+_VALUE_WIDTH = 12
+_HEADER_WIDTH = 14
+
+
 def print_leaderboard(
-    trials: Sequence[TrialRecord], title: str, top: int | None = None, file: Any = None
+    trials: Sequence[TrialRecord],
+    title: str,
+    top: int | None = None,
+    file: Any = None,
+    *,
+    csv: str | Path = LEADERBOARD,
+    width: int = TERMINAL_WIDTH,
 ) -> None:
-    """Rich table: trial, status, stop reason, epochs, best val mIoU, varying ``loss.*``."""
+    """Rich table that fits ``width`` columns: the ``top`` best trials (default
+    :data:`TERMINAL_ROWS`), how each ended, its best val mIoU and the searched values only
+    (params that vary, named without their shared prefix), as many as fit; the caption
+    points to ``csv`` for the rest. The report and the search's end summary print it."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    shown = list(trials[:top] if top else trials)
-    params = varying_params(trials)
-    hidden = len({k for t in trials for k in t.params}) - len(params)
-    caption = f"{hidden} loss.* params constant across trials not shown" if hidden else None
-    table = Table(title=title, caption=caption)
-    for name in ("#", "trial", "status", "stop_reason", "epochs", BEST_METRIC, *params):
-        table.add_column(name, overflow="fold")
-    for rank, t in enumerate(shown, 1):
-        best = f"{t.best:.2f}" if math.isfinite(t.best) else "-"
-        cells = [str(rank), t.name, t.status, t.stop_reason, t.epochs_run, best]
-        cells += [_short(t.params.get(k, "")) for k in params]
-        table.add_row(*(Text(c) for c in cells))
-    if top and len(trials) > top:
-        table.add_row(*(Text(c) for c in ["...", f"{len(trials) - top} more in the CSV"]))
-    Console(file=file or sys.stdout, width=max(120, 22 * (6 + len(params)))).print(table)
+    rows = top or TERMINAL_ROWS
+    shown = list(trials[:rows])
+    # the chosen options first: they tell the trials apart at a glance
+    searched = sorted(varying_params(trials), key=lambda k: not k.endswith(CHOICE_SUFFIXES))
+    names = short_names(searched)
+    fixed = ["#", "trial", "ended", "epochs", "best mIoU"]
+    cells = [
+        [
+            str(rank),
+            _clip(t.name, _NAME_WIDTH),
+            t.stop_reason or t.status,
+            t.epochs_run,
+            f"{t.best:.2f}" if math.isfinite(t.best) else "-",
+        ]
+        for rank, t in enumerate(shown, 1)
+    ]
+    if len(trials) > len(shown):
+        cells.append(["...", f"{len(trials) - len(shown)} more in the CSV", "", "", ""])
+    used = 1 + sum(3 + _width(h, [c[i] for c in cells]) for i, h in enumerate(fixed))
+    params: list[str] = []
+    for key in searched:
+        values = [_clip(short_value(t.params.get(key, "")), _VALUE_WIDTH) for t in shown]
+        values += [""] * (len(cells) - len(shown))
+        need = 3 + _width(_header(names[key]), values)
+        if used + need > width:
+            break
+        used += need
+        params.append(key)
+        for row, value in zip(cells, values, strict=True):
+            row.append(value)
+    notes = []
+    if len(trials) > len(shown):
+        notes.append(f"top {len(shown)} of {len(trials)} trials")
+    if len(params) < len(searched):
+        notes.append(f"{len(searched) - len(params)} more searched params")
+    constant = len({k for t in trials for k in t.params}) - len(searched)
+    if constant:
+        notes.append(f"{constant} loss.* params constant across trials not shown")
+    prefix = next((k[: -len(names[k])] for k in params if names[k] != k), "")
+    if prefix:
+        notes.append(f"params without {prefix!r}")
+    if notes:
+        notes.append(f"all in {csv}")
+    table = Table(title=title, caption="; ".join(notes) or None)
+    for header in fixed:
+        table.add_column(header, no_wrap=True)
+    for key in params:
+        table.add_column(_header(names[key]), no_wrap=True)
+    for row in cells:
+        table.add_row(*(Text(c) for c in row))
+    Console(file=file or sys.stdout, width=width).print(table)
 
 
-def _short(value: str) -> str:
-    number = _as_number(value)
-    if number is not None and not value.lstrip("-").isdigit():
-        return f"{number:.4g}"
-    return value
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _header(name: str) -> str:
+    """A dotted name broken at dots over lines of about :data:`_HEADER_WIDTH` characters."""
+    lines = [""]
+    for part in name.split("."):
+        piece = part if not lines[-1] else "." + part
+        if lines[-1] and len(lines[-1]) + len(piece) > _HEADER_WIDTH:
+            lines.append(part)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
+
+
+def _width(header: str, values: Sequence[str]) -> int:
+    return max([len(line) for line in header.splitlines()] + [len(v) for v in values])
 
 
 def print_importances(importances: Importances, file: Any = None) -> None:

@@ -431,6 +431,39 @@ def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
+    """``loss.*`` params that take more than one value (or are missing somewhere): what a
+    search searched, as opposed to the resolved config's constants."""
+    keys = sorted({k for t in trials for k in t.params})
+    if len(trials) < 2:
+        return keys
+    return [k for k in keys if len({t.params.get(k) for t in trials}) > 1]
+
+
+def short_names(keys: Sequence[str], keep: int = 2) -> dict[str, str]:
+    """Each dotted name without the components every name shares at the start, keeping
+    at least the last ``keep`` components (``loss.decode.dice.weight`` -> ``decode.dice.weight``
+    beside ``loss.aux.ce.weight.choice``)."""
+    if not keys:
+        return {}
+    parts = [k.split(".") for k in keys]
+    shared = 0
+    while all(len(p) > shared + keep for p in parts) and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    return {k: ".".join(p[shared:]) for k, p in zip(keys, parts, strict=True)}
+
+
+def short_value(value: str) -> str:
+    """A param value as MLflow keeps it (a string), with floats cut to 4 significant digits."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if not math.isfinite(number) or value.lstrip("-").isdigit():
+        return value
+    return f"{number:.4g}"
+
+
 def leaderboard_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The leaderboard rows as CSV text (header: the union of the rows' keys)."""
     keys: list[str] = []

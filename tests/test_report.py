@@ -47,6 +47,10 @@ def _child(
     run = client.create_run(exp_id, run_name=name, tags={"mlflow.parentRunId": parent_id})
     rid = run.info.run_id
     metrics = [Metric("val/mIoU", v, 1000 * step, step) for step, v in enumerate(curve, 1)]
+    for step in range(1, len(curve) + 1):  # the applied weights: dice constant, aux ce decays
+        aux = 0.5 - 0.1 * step if params[CHOICE] == "decay" else 0.4
+        metrics.append(Metric("weight/decode/dice", float(params[DICE]), 1000 * step, step))
+        metrics.append(Metric("weight/aux/ce", aux, 1000 * step, step))
     if best is not None:
         metrics.append(Metric("best_val_mIoU", best, 5000, 0))
     client.log_batch(
@@ -94,7 +98,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         empty_exp, run_name="search-empty", tags={"tune_losses.kind": "search"}
     )
     _child(
-        client, empty_exp, empty.info.run_id, "trial_x", {DICE: 0.5}, [30.0], "RUNNING", "", None
+        client,
+        empty_exp,
+        empty.info.run_id,
+        "trial_x",
+        {DICE: 0.5, CHOICE: "constant"},
+        [30.0],
+        "RUNNING",
+        "",
+        None,
     )
     return {"uri": uri, "client": client, "parent": pid, "children": children, "root": root}
 
@@ -113,7 +125,7 @@ def test_report_latest_search(store, tmp_path, capsys):
     positions = [printed.index(name) for name in EXPECTED_ORDER]
     assert positions == sorted(positions), printed
     assert "train.lr" not in printed  # only loss.* params
-    assert "constant across trials not shown" in printed  # loss.decode.ce.weight
+    assert "constant across trials (or aliases) not shown" in printed  # loss.decode.ce.weight
 
     rows = _rows(out / "leaderboard.csv")
     assert [r["trial"] for r in rows] == EXPECTED_ORDER
@@ -137,12 +149,21 @@ def test_report_latest_search(store, tmp_path, capsys):
         image = imread(out / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
+    assert imread(out / "schedules.png").shape[1] > 400  # one panel per term
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    for name, run_id in store["children"].items():  # every leaderboard row
+        assert f"<td>{name}</td>" in html and run_id in html
+    assert html.count("data:image/png;base64,") == 3 and 'src="http' not in html
+
     logged = store["client"].list_artifacts(store["parent"], "report")
     assert {Path(f.path).name for f in logged} == {
         "leaderboard.csv",
         "importances.json",
         "curves.png",
         "importances.png",
+        "schedules.png",
+        "report.html",
     }
 
 

@@ -52,7 +52,7 @@ class TrialLogger(tune.Callback):
     def on_trial_start(
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
     ) -> None:
-        name = trial_run_name(trial.trial_id, trial.config)
+        name = trial_run_name(self.tracker.next_trial_number(), trial.config)
         self.tracker.trial_started(trial.trial_id, name, trial.config)
         sampled = {k: v for k, v in trial.config.items() if k != "experiment"}
         shown = ", ".join(
@@ -79,7 +79,7 @@ class TrialLogger(tune.Callback):
             summary = read_summary(checkpoint.path)
             picture = Path(checkpoint.path) / PREDICTIONS_FILE
             if picture.is_file():
-                self.tracker.log_trial_file(trial.trial_id, picture)
+                self.tracker.log_predictions(trial.trial_id, picture)
         return self.tracker.trial_ended(
             trial.trial_id,
             failed=failed,

@@ -14,6 +14,7 @@ from matplotlib.image import imread
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from conftest import TinySearch
 from tune_losses.report import TrialRecord, main, param_importances, print_leaderboard
 
 DICE = "loss.decode.dice.weight"
@@ -274,3 +275,24 @@ def test_leaderboard_fits_120_columns_with_many_params() -> None:
     assert "15 more in the CSV" in text and "leaderboard.csv" in text
     assert "aux.ce.weight" in text  # the choice, first and without the shared "loss."
     assert "loss.decode" not in text and "more searched params" in text
+
+
+@pytest.mark.slow
+def test_report_on_a_real_tiny_search(tiny_search: TinySearch, tmp_path: Path, capsys) -> None:
+    assert tiny_search.proc.returncode == 0, tiny_search.proc.stderr[-3000:]
+    out = tmp_path / "report"
+    args = ["--tracking-uri", tiny_search.uri, "--experiment", tiny_search.experiment]
+    assert main([*args, "--out", str(out), "--no-log"]) == 0
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 120
+    schedules = imread(out / "schedules.png")
+    assert schedules.shape[0] > 200 and schedules.shape[1] > 400
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and len(html) > 50_000  # the pictures inline
+    rows = _rows(out / "leaderboard.csv")
+    assert len(rows) == 6
+    for row in rows:  # every leaderboard row is on the page
+        assert f"<td>{row['trial']}</td>" in html and row["run_id"] in html
+    pictures = {p.name for p in out.glob("*.png")}  # importances.png only with importances
+    assert {"curves.png", "schedules.png", "best_predictions.png"} <= pictures
+    assert html.count("data:image/png;base64,") == len(pictures)

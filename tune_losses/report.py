@@ -43,6 +43,7 @@ import re
 import shutil
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -485,7 +486,9 @@ def report(
     importances = param_importances(trials)
     print_importances(importances)
     written = write_report(client, parent, trials, out, top=top, importances=importances)
-    print(f"wrote {', '.join(p.name for p in written)} to {out}")
+    print(f"wrote to {out}:")
+    names = ", ".join(p.name for p in written)
+    print(textwrap.fill(names, TERMINAL_WIDTH, initial_indent="  ", subsequent_indent="  "))
     return trials, importances, written
 
 

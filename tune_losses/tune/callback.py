@@ -16,7 +16,13 @@ from typing import Any
 from ray import tune
 
 from tune_losses.engine import PREDICTIONS_FILE, read_summary
-from tune_losses.tracking import BEST_METRIC, CURVE_METRIC, SearchTracker, trial_run_name
+from tune_losses.tracking import (
+    BEST_METRIC,
+    CURVE_METRIC,
+    SearchTracker,
+    short_names,
+    trial_run_name,
+)
 
 
 class TrialLogger(tune.Callback):
@@ -55,8 +61,10 @@ class TrialLogger(tune.Callback):
         name = trial_run_name(self.tracker.next_trial_number(), trial.config)
         self.tracker.trial_started(trial.trial_id, name, trial.config)
         sampled = {k: v for k, v in trial.config.items() if k != "experiment"}
+        names = short_names(list(sampled))
         shown = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sampled.items()
+            f"{names[k]}={v:.3g}" if isinstance(v, float) else f"{names[k]}={v}"
+            for k, v in sampled.items()
         )
         self._say(f"{trial.trial_id} ({name}) started: {shown}")
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -248,6 +251,46 @@ def test_search_logs_to_an_mlflow_server(tmp_path: Path, mlflow_server: str) -> 
             client.download_artifacts(child.info.run_id, "trial_config.yaml", str(tmp_path))
         )
         assert load_experiment(text).train.epochs == 2
+    _assert_the_story(client, parents[0], children, tmp_path)
+    _assert_the_ui_shows_it(mlflow_server, parents[0].info.experiment_id)
+
+
+def _rest(url: str, path: str, body: dict | None = None) -> dict:
+    """A call to the MLflow server's REST API (what its UI reads), as parsed JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{url}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _assert_the_ui_shows_it(url: str, experiment_id: str) -> None:
+    runs = _rest(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parent = next(r for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" not in t)
+    children = [r for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" in t]
+    ptags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+    metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert metrics["trials_completed"] + metrics["trials_pruned"] == len(children) == 2
+    best = max(
+        children,
+        key=lambda r: {m["key"]: m["value"] for m in r["data"]["metrics"]}["best_val_mIoU"],
+    )
+    link = f"#/experiments/{experiment_id}/runs/{best['info']['run_id']}"
+    assert f"[{best['info']['run_name']}]({link})" in ptags["mlflow.note.content"]
+    for child in children:
+        run_id = child["info"]["run_id"]
+        assert child["info"]["run_name"].split()[0] in ("t01", "t02")
+        listed = _rest(url, f"/api/2.0/mlflow/artifacts/list?run_id={run_id}")
+        assert "predictions.png" in {f["path"] for f in listed["files"]}
+        query = urllib.parse.urlencode({"path": "predictions.png", "run_uuid": run_id})
+        with urllib.request.urlopen(f"{url}/get-artifact?{query}", timeout=30) as resp:
+            assert png_size(resp.read()) == predictions_png_size(PREVIEW_IMAGES)
+    listed = _rest(
+        url, f"/api/2.0/mlflow/artifacts/list?run_id={parent['info']['run_id']}&path=report"
+    )
+    assert "report/report.html" in {f["path"] for f in listed["files"]}
 
 
 @pytest.mark.slow

@@ -525,11 +525,13 @@ def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
 def searched_params(trials: Sequence[TrialRecord]) -> list[str]:
     """The params worth a column: :func:`varying_params` without aliases (a sampled value
     and the config value it resolves to hold the same values in every trial: the shortest
-    name is kept), the chosen options (``.choice``) first since they tell trials apart."""
+    name is kept): the chosen options (``.choice``) first since they tell trials apart, then
+    the values every trial has before those of one branch."""
     groups: dict[tuple[str | None, ...], str] = {}
     for key in sorted(varying_params(trials), key=lambda k: (len(k), k)):
         groups.setdefault(tuple(t.params.get(key) for t in trials), key)
-    return sorted(groups.values(), key=lambda k: (not k.endswith(CHOICE_SUFFIXES), k))
+    present = {k: sum(k in t.params for t in trials) for k in groups.values()}
+    return sorted(groups.values(), key=lambda k: (not k.endswith(CHOICE_SUFFIXES), -present[k], k))
 
 
 def short_names(keys: Sequence[str], keep: int = 2) -> dict[str, str]:

@@ -248,7 +248,7 @@ def _summarize(search: _Search, tracker: Any, results: Any, uri: str) -> int:
     if best_yaml is not None and search.local:
         (search.run_dir / "best_config.yaml").write_text(best_yaml)
         print(f"best config: {search.run_dir / 'best_config.yaml'}")
-    print(f"review it:  mlflow ui --backend-store-uri {uri}")
+    print(f"review it:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
     return 0 if ok else 1
 
 

@@ -10,10 +10,14 @@ import tempfile
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def tiny_experiment(**sections: Any) -> dict[str, Any]:
@@ -52,6 +56,86 @@ AUX_CE_WEIGHT: dict[str, Any] = {
             "start": {"uniform": [0.3, 1.0]},
             "end": {"uniform": [0.05, 0.3]},
         },
+    }
+}
+
+
+def run_cli(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProcess[str]:
+    """``python -m tune_losses.search ARGS`` in ``cwd`` (``path`` extends PYTHONPATH)."""
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), path) if p)}
+    return subprocess.run(
+        [sys.executable, "-m", "tune_losses.search", *args],
+        cwd=cwd,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def write_space(path: Path, **sections: object) -> Path:
+    raw = tiny_experiment()
+    raw["train"] = {"epochs": 4, "lr": 0.005}
+    raw["search"] = {
+        "num_samples": 6,
+        "max_concurrent": 2,
+        "grace_period": 1,
+        "reduction_factor": 2,
+        "n_startup_trials": 6,
+    }
+    raw["loss"] = {
+        "decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}},
+        "aux": {"ce": {"weight": AUX_CE_WEIGHT}},
+    }
+    raw.update(sections)
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+@dataclass
+class TinySearch:
+    """A finished tiny search (6 trials, 4 epochs, ASHA) and where it wrote."""
+
+    root: Path
+    uri: str
+    experiment: str
+    storage: Path
+    proc: subprocess.CompletedProcess[str]
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> TinySearch:
+    """One real search through the CLI for the session (about a minute on 2 cores): the
+    end-to-end test, the report and the notebook all read its MLflow store."""
+    root = tmp_path_factory.mktemp("tiny_search")
+    loss = {
+        "decode": {
+            "ce": {"weight": 1.0},
+            "dice": {"weight": {"uniform": [0.0, 1.0]}},
+            "extra": EXTRA_CHOICE,
+        },
+        "aux": {"ce": {"weight": AUX_CE_WEIGHT}},
+    }
+    space = write_space(root / "space.yaml", loss=loss)
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    storage = root / "ray"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    proc = run_cli(root, *args, "--storage", str(storage), "--seed", "3")
+    return TinySearch(root, uri, "e2e", storage, proc)
+
+
+def png_size(data: bytes) -> tuple[int, int]:
+    """(width, height) from a PNG's header; raises ValueError when ``data`` is not a PNG."""
+    if data[:8] != b"\x89PNG\r\n\x1a\n" or data[12:16] != b"IHDR":
+        raise ValueError("not a PNG")
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+
+
+# Two options of one choice holding the same sub-path with different marker kinds.
+EXTRA_CHOICE: dict[str, Any] = {
+    "choice": {
+        "focal": {"term": "focal", "weight": {"uniform": [0.1, 1.0]}},
+        "dice": {"term": "dice", "weight": {"loguniform": [0.01, 1.0]}},
     }
 }
 

@@ -5,13 +5,21 @@ import math
 from pathlib import Path
 from typing import Any
 
+import matplotlib.image
 import pytest
 import torch
 
 from conftest import tiny_experiment
 from tune_losses.config import Experiment, validate_experiment
-from tune_losses.engine import Trainer, resolve_amp, resolve_device
+from tune_losses.engine import (
+    PREDICTIONS_FILE,
+    PREVIEW_IMAGES,
+    Trainer,
+    resolve_amp,
+    resolve_device,
+)
 from tune_losses.metrics import SegmentationMetrics
+from tune_losses.plots import predictions_png_size
 
 
 def test_epochs_report_every_part_weight_and_metric(tiny: dict) -> None:
@@ -181,3 +189,24 @@ def test_patience_counts_from_the_last_real_gain(
     # gains reset patience at 11.8 (over 10.0) and 13.6 (over 11.8); then 3 flat epochs
     assert [r["epoch"] for r in results] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert results[-1]["early_stopped"] == 1.0
+
+
+def test_save_draws_the_best_epochs_predictions(tiny: dict, tmp_path: Path) -> None:
+    trainer = Trainer(validate_experiment(tiny))
+    (tmp_path / "before").mkdir()
+    trainer.save(tmp_path / "before")  # no epoch yet: nothing to draw
+    assert not (tmp_path / "before" / PREDICTIONS_FILE).exists()
+    next(trainer.epochs())
+    preview = trainer.best_preview
+    assert preview is not None and len(preview["images"]) == PREVIEW_IMAGES
+    image, label, pred = (preview[k][0] for k in ("images", "labels", "predictions"))
+    assert image.dtype == torch.uint8 and image.shape == (32, 32, 3)  # as stored, unpadded
+    assert label.shape == pred.shape == (32, 32)
+    assert int(pred.max()) < trainer.info.num_classes
+    trainer.save(tmp_path)
+    png = tmp_path / PREDICTIONS_FILE
+    height, width = matplotlib.image.imread(png).shape[:2]
+    assert (width, height) == predictions_png_size(PREVIEW_IMAGES)
+    resumed = Trainer(validate_experiment(tiny))
+    resumed.load(tmp_path)  # the best epoch's picture survives a resume
+    assert resumed.predictions_png() == png.read_bytes()

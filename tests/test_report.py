@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from pathlib import Path
@@ -13,7 +14,14 @@ from matplotlib.image import imread
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from tune_losses.report import TrialRecord, equal_budget, main, param_importances
+from conftest import TinySearch
+from tune_losses.report import (
+    TrialRecord,
+    equal_budget,
+    main,
+    param_importances,
+    print_leaderboard,
+)
 
 DICE = "loss.decode.dice.weight"
 CHOICE = "loss.aux.ce.weight.choice"
@@ -46,6 +54,10 @@ def _child(
     run = client.create_run(exp_id, run_name=name, tags={"mlflow.parentRunId": parent_id})
     rid = run.info.run_id
     metrics = [Metric("val/mIoU", v, 1000 * step, step) for step, v in enumerate(curve, 1)]
+    for step in range(1, len(curve) + 1):  # the applied weights: dice constant, aux ce decays
+        aux = 0.5 - 0.1 * step if params[CHOICE] == "decay" else 0.4
+        metrics.append(Metric("weight/decode/dice", float(params[DICE]), 1000 * step, step))
+        metrics.append(Metric("weight/aux/ce", aux, 1000 * step, step))
     if best is not None:
         metrics.append(Metric("best_val_mIoU", best, 5000, 0))
     client.log_batch(
@@ -93,7 +105,15 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         empty_exp, run_name="search-empty", tags={"tune_losses.kind": "search"}
     )
     _child(
-        client, empty_exp, empty.info.run_id, "trial_x", {DICE: 0.5}, [30.0], "RUNNING", "", None
+        client,
+        empty_exp,
+        empty.info.run_id,
+        "trial_x",
+        {DICE: 0.5, CHOICE: "constant"},
+        [30.0],
+        "RUNNING",
+        "",
+        None,
     )
     return {"uri": uri, "client": client, "parent": pid, "children": children, "root": root}
 
@@ -112,7 +132,7 @@ def test_report_latest_search(store, tmp_path, capsys):
     positions = [printed.index(name) for name in EXPECTED_ORDER]
     assert positions == sorted(positions), printed
     assert "train.lr" not in printed  # only loss.* params
-    assert "constant across trials not shown" in printed  # loss.decode.ce.weight
+    assert "constant across trials (or aliases) not shown" in printed  # loss.decode.ce.weight
 
     rows = _rows(out / "leaderboard.csv")
     assert [r["trial"] for r in rows] == EXPECTED_ORDER
@@ -136,12 +156,21 @@ def test_report_latest_search(store, tmp_path, capsys):
         image = imread(out / name)
         assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
 
+    assert imread(out / "schedules.png").shape[1] > 400  # one panel per term
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    for name, run_id in store["children"].items():  # every leaderboard row
+        assert f"<td>{name}</td>" in html and run_id in html
+    assert html.count("data:image/png;base64,") == 3 and 'src="http' not in html
+
     logged = store["client"].list_artifacts(store["parent"], "report")
     assert {Path(f.path).name for f in logged} == {
         "leaderboard.csv",
         "importances.json",
         "curves.png",
         "importances.png",
+        "schedules.png",
+        "report.html",
     }
 
 
@@ -242,3 +271,52 @@ def test_importances_conditional_alias_and_too_few():
     assert few.values == {} and "(have 2)" in (few.message or "")
     flat = param_importances([_trial(i, 50.0 + i, **{"loss.k": "1"}) for i in range(4)])
     assert flat.values == {} and "varies" in (flat.message or "")
+
+
+def test_leaderboard_fits_120_columns_with_many_params() -> None:
+    """aux_weight-like store: 25 trials, 17 searched params with long names, long run names."""
+    keys = [f"loss.{h}.{t}.weight" for h in ("decode", "aux") for t in ("ce", "lovasz_softmax")]
+    keys = [f"{k}.{s}" for k in keys for s in ("start", "end", "gamma", "value")] + [CHOICE]
+    trials = []
+    for i in range(25):
+        params = {k: str(0.123456789 * (i + j)) for j, k in enumerate(keys)}
+        params[CHOICE] = ["none", "a_label_that_is_rather_long_indeed"][i % 2]
+        params["loss.decode.ce.weight"] = "1.0"
+        name = f"t{i:02d} lovasz+decay+a_very_long_option_label"
+        trials.append(
+            TrialRecord(f"r{i}", name, "FINISHED", "early_stopping", "12", 90.0 - i, params)
+        )
+    buffer = io.StringIO()
+    print_leaderboard(
+        trials,
+        "Leaderboard of aux_weight-20250101-120000 (best val mIoU, %)",
+        file=buffer,
+        csv="report/aux_weight-20250101-120000/leaderboard.csv",
+    )
+    text = buffer.getvalue()
+    assert max(len(line) for line in text.splitlines()) <= 120, text
+    assert "t00 lovasz" in text and "t09 lovasz" in text and "t10 lovasz" not in text
+    assert "15 more in the CSV" in text and "leaderboard.csv" in text
+    assert "aux.ce.weight" in text  # the choice, first and without the shared "loss."
+    assert "loss.decode" not in text and "more searched params" in text
+
+
+@pytest.mark.slow
+def test_report_on_a_real_tiny_search(tiny_search: TinySearch, tmp_path: Path, capsys) -> None:
+    assert tiny_search.proc.returncode == 0, tiny_search.proc.stderr[-3000:]
+    out = tmp_path / "report"
+    args = ["--tracking-uri", tiny_search.uri, "--experiment", tiny_search.experiment]
+    assert main([*args, "--out", str(out), "--no-log"]) == 0
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 120
+    schedules = imread(out / "schedules.png")
+    assert schedules.shape[0] > 200 and schedules.shape[1] > 400
+    html = (out / "report.html").read_text()
+    assert html.startswith("<!DOCTYPE html>") and len(html) > 50_000  # the pictures inline
+    rows = _rows(out / "leaderboard.csv")
+    assert len(rows) == 6
+    for row in rows:  # every leaderboard row is on the page
+        assert f"<td>{row['trial']}</td>" in html and row["run_id"] in html
+    pictures = {p.name for p in out.glob("*.png")}  # importances.png only with importances
+    assert {"curves.png", "schedules.png", "best_predictions.png"} <= pictures
+    assert html.count("data:image/png;base64,") == len(pictures)

@@ -107,3 +107,54 @@ def test_pareto_front_per_mode() -> None:
     assert pareto_front(points, ["max", "max"]) == {"a", "b", "d"}  # c is dominated by a
     assert pareto_front(points, ["max", "min"]) == {"a", "c", "d"}  # b: lower and higher
     assert pareto_front({}, ["max", "max"]) == set()
+
+
+def test_trial_run_name_shows_the_number_and_chosen_options() -> None:
+    config = {
+        "loss.decode.dice.weight": 0.3,
+        "loss.aux.extra.choice": "lovasz",
+        "loss.aux.ce.weight.choice": "decay",
+        "loss.aux.ce.weight.start": 0.8,
+        "experiment": {"loss.x.choice": "not sampled"},
+    }
+    assert tracking.trial_run_name(3, config) == "t03 lovasz+decay"
+    off = {"loss.aux.extra.choice": "none", "loss.a.grid": "ce"}
+    assert tracking.trial_run_name(12, off) == "t12 ce"
+    assert tracking.trial_run_name(104, {"loss.w": 0.1}) == "t104"
+
+
+def test_parent_tells_the_story(search: SearchTracker) -> None:
+    _run_trial(search, "a", [10.0, 20.0, 15.0], max_epochs=3)
+    _run_trial(search, "b", [30.0], max_epochs=3)  # stopped by ASHA after one epoch
+    search.trial_started("c", "t03", _trial_config(0.7))
+    search.trial_ended("c", failed=True, last_result={"epoch": 1}, max_epochs=3, summary=None)
+    trials = load_trials(search.client, find_parent(search.client, "e"))
+    assert tracking.trial_counts(trials) == {
+        "trials_completed": 1.0,
+        "trials_pruned": 1.0,
+        "trials_failed": 1.0,
+        "epochs_spent": 5.0,
+    }
+    search.tell_story(trials, reproduce="python -m tune_losses.search --space s.yaml", retrain="R")
+    search.log_environment({"torch": "9.9"}, {tracking.GIT_COMMIT_TAG: "abc"})
+    parent = search.client.get_run(search.parent_id)
+    note = parent.data.tags[tracking.NOTE_TAG]
+    best = trials[0]
+    assert best.trial_id == "b"
+    link = f"#/experiments/{search.experiment_id}/runs/{best.run_id}"
+    assert f"**Best trial: [train_b]({link})**" in note
+    assert note.index("train_b") < note.index("train_a") < note.index("t03")
+    assert "| 1 | [train_b]" in note and "| asha | 1 |" in note and "| error |" in note
+    assert "python -m tune_losses.search --space s.yaml" in note and "```bash\nR\n```" in note
+    assert parent.data.metrics["trials_failed"] == 1.0 and parent.data.metrics["epochs_spent"] == 5
+    assert parent.data.tags["version.torch"] == "9.9"
+    assert parent.data.tags["mlflow.source.git.commit"] == "abc"
+
+
+def test_environment_tags_name_real_versions_and_the_checkout() -> None:
+    versions = tracking.package_versions()
+    assert set(versions) == set(tracking.VERSIONED_PACKAGES)
+    assert versions["mlflow"][0].isdigit() and versions["ray"][0].isdigit()
+    if (Path(tracking.__file__).parents[1] / ".git").exists():  # run from a checkout
+        assert len(tracking.git_tags()[tracking.GIT_COMMIT_TAG]) == 40
+    assert tracking.git_tags(Path("/")) == {}

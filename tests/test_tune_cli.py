@@ -8,51 +8,24 @@ import os
 import signal
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import optuna
 import pytest
 import yaml
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from conftest import AUX_CE_WEIGHT, tiny_experiment
+from conftest import TinySearch, png_size, run_cli, write_space
 from tune_losses.config import load_experiment
+from tune_losses.engine import PREVIEW_IMAGES
+from tune_losses.plots import predictions_png_size
 from tune_losses.search import main
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
-
-
-def run_cli(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProcess[str]:
-    """``python -m tune_losses.search ARGS`` in ``cwd`` (``path`` extends PYTHONPATH)."""
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), path) if p)}
-    return subprocess.run(
-        [sys.executable, "-m", "tune_losses.search", *args],
-        cwd=cwd,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-
-
-def write_space(path: Path, **sections: object) -> Path:
-    raw = tiny_experiment()
-    raw["train"] = {"epochs": 4, "lr": 0.005}
-    raw["search"] = {
-        "num_samples": 6,
-        "max_concurrent": 2,
-        "grace_period": 1,
-        "reduction_factor": 2,
-        "n_startup_trials": 6,
-    }
-    raw["loss"] = {
-        "decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}},
-        "aux": {"ce": {"weight": AUX_CE_WEIGHT}},
-    }
-    raw.update(sections)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 def runs_of(uri: str) -> tuple[MlflowClient, list, list]:
@@ -65,34 +38,13 @@ def runs_of(uri: str) -> tuple[MlflowClient, list, list]:
 
 
 @pytest.mark.slow
-def test_search_end_to_end_logs_every_trial(tmp_path: Path) -> None:
-    # two options of one choice hold the same sub-path with different marker kinds
-    extra = {
-        "choice": {
-            "focal": {"term": "focal", "weight": {"uniform": [0.1, 1.0]}},
-            "dice": {"term": "dice", "weight": {"loguniform": [0.01, 1.0]}},
-        }
-    }
-    space = write_space(tmp_path / "space.yaml")
-    raw = yaml.safe_load(space.read_text())
-    raw["loss"]["decode"]["extra"] = extra
-    space.write_text(yaml.safe_dump(raw, sort_keys=False))
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    proc = run_cli(
-        tmp_path,
-        "--space",
-        str(space),
-        "--tracking-uri",
-        uri,
-        "--experiment",
-        "e2e",
-        "--storage",
-        str(tmp_path / "ray"),
-        "--seed",
-        "3",
-    )
+def test_search_end_to_end_logs_every_trial(tiny_search: TinySearch, tmp_path: Path) -> None:
+    proc, uri = tiny_search.proc, tiny_search.uri
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "Leaderboard" in proc.stdout and "mlflow ui --backend-store-uri" in proc.stdout
+    summary = proc.stdout[proc.stdout.index("Leaderboard of") : proc.stdout.index("best config:")]
+    assert max(len(line) for line in summary.splitlines()) <= 120
+    assert "Downloading artifacts" not in proc.stderr
 
     client, parents, children = runs_of(uri)
     assert len(parents) == 1 and len(children) == 6
@@ -129,7 +81,7 @@ def test_search_end_to_end_logs_every_trial(tmp_path: Path) -> None:
         assert f"loss.decode.extra.{label}.weight" in child.data.params
 
     # the stored study: one Optuna trial per Ray trial, told how each really ended
-    (run_dir,) = (tmp_path / "ray").iterdir()
+    (run_dir,) = tiny_search.storage.iterdir()
     study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{run_dir / 'optuna.db'}")
     assert len(study.trials) == len(children) == 6
     by_id = {c.data.tags["ray.trial_id"]: c for c in children}
@@ -156,6 +108,39 @@ def test_search_end_to_end_logs_every_trial(tmp_path: Path) -> None:
     assert best.loss["decode"]["dice"]["weight"] == pytest.approx(
         float(top.data.params["loss.decode.dice.weight"])
     )
+    _assert_the_story(client, parent, children, tmp_path)
+    report_dir = next(tiny_search.storage.glob("*/report"))
+    for name in ("curves.png", "importances.png", "schedules.png", "report.html"):
+        assert (report_dir / name).is_file(), name
+        assert f"report/{name}" in {
+            a.path for a in client.list_artifacts(parent.info.run_id, "report")
+        }
+
+
+def _assert_the_story(client: MlflowClient, parent: Run, children: list[Run], tmp: Path) -> None:
+    """What issue 11 asks a parent and its children to tell, read back from the store."""
+    trials = sorted(children, key=lambda c: -c.data.metrics.get("best_val_mIoU", -1.0))
+    best = trials[0]
+    note = parent.data.tags["mlflow.note.content"]
+    link = f"#/experiments/{parent.info.experiment_id}/runs/{best.info.run_id}"
+    assert f"**Best trial: [{best.info.run_name}]({link})**" in note
+    assert "python -m tune_losses.search --space" in note and "python -m tune_losses.train" in note
+    reasons = [c.data.tags["stop_reason"] for c in children]
+    metrics = parent.data.metrics
+    assert metrics["trials_pruned"] == reasons.count("asha")
+    assert metrics["trials_failed"] == reasons.count("error") == 0
+    assert metrics["trials_completed"] + metrics["trials_pruned"] == len(children)
+    assert metrics["epochs_spent"] == sum(int(c.data.tags["epochs_run"]) for c in children)
+    tags = parent.data.tags
+    assert tags["version.torch"] and tags["version.ray"] and tags["version.mlflow"]
+    assert "version.segmentation_models_pytorch" in tags and "version.optuna" in tags
+    names = sorted(c.info.run_name for c in children)
+    assert [n.split()[0] for n in names] == [f"t{i:02d}" for i in range(1, len(children) + 1)]
+    for child in children:
+        choice = child.data.params["loss.aux.ce.weight.choice"]
+        assert child.info.run_name.endswith(f" {choice}")
+        png = Path(client.download_artifacts(child.info.run_id, "predictions.png", str(tmp)))
+        assert png_size(png.read_bytes()) == predictions_png_size(PREVIEW_IMAGES)
 
 
 @pytest.mark.slow
@@ -299,6 +284,46 @@ def test_search_logs_to_an_mlflow_server(tmp_path: Path, mlflow_server: str) -> 
             client.download_artifacts(child.info.run_id, "trial_config.yaml", str(tmp_path))
         )
         assert load_experiment(text).train.epochs == 2
+    _assert_the_story(client, parents[0], children, tmp_path)
+    _assert_the_ui_shows_it(mlflow_server, parents[0].info.experiment_id)
+
+
+def _rest(url: str, path: str, body: dict | None = None) -> dict:
+    """A call to the MLflow server's REST API (what its UI reads), as parsed JSON."""
+    data = None if body is None else json.dumps(body).encode()
+    request = urllib.request.Request(
+        f"{url}{path}", data=data, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=30) as resp:
+        return json.loads(resp.read())
+
+
+def _assert_the_ui_shows_it(url: str, experiment_id: str) -> None:
+    runs = _rest(url, "/api/2.0/mlflow/runs/search", {"experiment_ids": [experiment_id]})["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"].get("tags", [])} for r in runs]
+    parent = next(r for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" not in t)
+    children = [r for r, t in zip(runs, tags, strict=True) if "mlflow.parentRunId" in t]
+    ptags = {t["key"]: t["value"] for t in parent["data"]["tags"]}
+    metrics = {m["key"]: m["value"] for m in parent["data"]["metrics"]}
+    assert metrics["trials_completed"] + metrics["trials_pruned"] == len(children) == 2
+    best = max(
+        children,
+        key=lambda r: {m["key"]: m["value"] for m in r["data"]["metrics"]}["best_val_mIoU"],
+    )
+    link = f"#/experiments/{experiment_id}/runs/{best['info']['run_id']}"
+    assert f"[{best['info']['run_name']}]({link})" in ptags["mlflow.note.content"]
+    for child in children:
+        run_id = child["info"]["run_id"]
+        assert child["info"]["run_name"].split()[0] in ("t01", "t02")
+        listed = _rest(url, f"/api/2.0/mlflow/artifacts/list?run_id={run_id}")
+        assert "predictions.png" in {f["path"] for f in listed["files"]}
+        query = urllib.parse.urlencode({"path": "predictions.png", "run_uuid": run_id})
+        with urllib.request.urlopen(f"{url}/get-artifact?{query}", timeout=30) as resp:
+            assert png_size(resp.read()) == predictions_png_size(PREVIEW_IMAGES)
+    listed = _rest(
+        url, f"/api/2.0/mlflow/artifacts/list?run_id={parent['info']['run_id']}&path=report"
+    )
+    assert "report/report.html" in {f["path"] for f in listed["files"]}
 
 
 @pytest.mark.slow

@@ -33,6 +33,8 @@ from tune_losses.models import build_model
 
 STATE_FILE = "state.pt"
 SUMMARY_FILE = "best.json"
+PREDICTIONS_FILE = "predictions.png"
+PREVIEW_IMAGES = 3
 
 
 def read_summary(directory: str | Path) -> dict[str, Any] | None:
@@ -151,6 +153,13 @@ def preflight(experiments: Sequence[Experiment], source: str = "") -> None:
             raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
 
 
+def _to_uint8(image: Tensor) -> Tensor:
+    """A ``[3,H,W]`` float image rescaled to ``[H,W,3]`` uint8 (min-max), for display."""
+    lo, hi = image.min(), image.max()
+    scaled = (image - lo) / (hi - lo).clamp_min(1e-8) * 255.0
+    return scaled.permute(1, 2, 0).round().to(torch.uint8)
+
+
 class Trainer:
     """Model, loss mix, optimiser and the run's history; iterate :meth:`epochs` to train.
 
@@ -190,6 +199,8 @@ class Trainer:
         self.best_per_class: list[float] = []
         self.search_best: dict[str, float] = {}
         self.weight_history: list[dict[str, float]] = []
+        self.best_preview: dict[str, list[Tensor]] | None = None
+        self._preview_png: tuple[int, bytes] | None = None  # (best epoch, PNG) drawn last
         self.reference = -math.inf
         self.bad_epochs = 0
         self.stopped_early = False
@@ -252,6 +263,35 @@ class Trainer:
                 out[f"val/IoU/{name}"] = float(iou)
         return out, metrics
 
+    @torch.no_grad()
+    def preview(self, n: int = PREVIEW_IMAGES) -> dict[str, list[Tensor]]:
+        """The first ``n`` validation images (as stored, uint8), their labels and the decode
+        head's predictions, cropped to the image: what :data:`PREDICTIONS_FILE` draws.
+
+        Taken at each new best epoch (a few forward passes in eval mode, no RNG drawn), so
+        the picture shows the model the run reports, not its last epoch.
+        """
+        self.model.eval()
+        dataset = self.val_loader.dataset
+        out: dict[str, list[Tensor]] = {"images": [], "labels": [], "predictions": []}
+        for index in range(min(n, len(dataset))):
+            tensor, label = dataset[index]
+            with self._autocast():
+                logits = self.model(tensor[None].to(self.device))["decode"]
+            if isinstance(dataset, SegmentationDataset):  # the image before normalisation
+                raw, raw_label = dataset.source.load(index)
+                image, label = (
+                    torch.from_numpy(np.ascontiguousarray(raw)),
+                    torch.as_tensor(raw_label),
+                )
+            else:  # a bare dataset: the normalised tensor rescaled to [0, 255]
+                image = _to_uint8(tensor)
+            height, width = label.shape[:2]
+            out["images"].append(image.to(torch.uint8).cpu())
+            out["labels"].append(label.to(torch.int64).cpu())
+            out["predictions"].append(logits.argmax(1)[0, :height, :width].to(torch.int64).cpu())
+        return out
+
     def epochs(self) -> Iterator[dict[str, float]]:
         """Train until ``train.epochs`` or early stopping; yield each epoch's metrics."""
         stop = self.exp.train.early_stopping
@@ -272,6 +312,7 @@ class Trainer:
                 self.best, self.best_epoch = miou, self.epoch
                 self.best_confmat = metrics.confmat.cpu()
                 self.best_per_class = list(metrics.compute()["iou_per_class"])
+                self.best_preview = self.preview()
             if stop.patience is not None and self.bad_epochs >= stop.patience:
                 self.stopped_early = True
             result.update(
@@ -319,6 +360,7 @@ class Trainer:
             "best_epoch": self.best_epoch,
             "best_confmat": self.best_confmat,
             "best_per_class": self.best_per_class,
+            "best_preview": self.best_preview,
             "reference": self.reference,
             "bad_epochs": self.bad_epochs,
             "stopped_early": self.stopped_early,
@@ -338,6 +380,8 @@ class Trainer:
         self.bad_epochs, self.stopped_early = state["bad_epochs"], state["stopped_early"]
         self.search_best = dict(state.get("search_best") or {})
         self.weight_history = list(state.get("weight_history", []))
+        self.best_preview = state.get("best_preview")  # absent in older checkpoints
+        self._preview_png = None
         if "rng" in state:
             self.load_rng_state(state["rng"])
         else:  # a checkpoint from before exact resume held the torch CPU RNG only
@@ -400,11 +444,34 @@ class Trainer:
         }
 
     def save(self, directory: str | Path) -> Path:
-        """Write the state (``state.pt``) and the best epoch's summary (``best.json``)."""
+        """Write the state (``state.pt``), the best epoch's summary (``best.json``) and,
+        once there is a best epoch, its predictions (``predictions.png``)."""
         path = Path(directory) / STATE_FILE
         torch.save(self.state_dict(), path)
         (Path(directory) / SUMMARY_FILE).write_text(json.dumps(self.summary()))
+        png = self.predictions_png()
+        if png is not None:
+            (Path(directory) / PREDICTIONS_FILE).write_bytes(png)
         return path
+
+    def predictions_png(self) -> bytes | None:
+        """The best epoch's :meth:`preview` drawn as a PNG (redrawn only when the best epoch
+        changed, since a search saves every epoch); None before the first epoch."""
+        if self.best_preview is None:
+            return None
+        if self._preview_png is None or self._preview_png[0] != self.best_epoch:
+            from tune_losses.plots import plot_predictions
+
+            title = f"best epoch {self.best_epoch}: val mIoU {self.best:.1f}%"
+            png = plot_predictions(
+                **self.best_preview,
+                class_names=self.info.class_names,
+                palette=self.info.palette,
+                ignore_index=self.info.ignore_index,
+                title=title,
+            )
+            self._preview_png = (self.best_epoch, png)
+        return self._preview_png[1]
 
     def load(self, directory: str | Path) -> None:
         """Continue from a checkpoint folder written by :meth:`save`.

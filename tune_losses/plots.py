@@ -1,8 +1,9 @@
-"""PNG plots of a run's metrics: the confusion matrix and per-class IoU (matplotlib Agg,
-no pyplot state, so they work in Ray workers and headless CI)."""
+"""PNG plots of a run: the confusion matrix, per-class IoU and the best epoch's predictions
+(matplotlib Agg, no pyplot state, so they work in Ray workers and headless CI)."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -115,3 +116,111 @@ def plot_per_class_iou(iou: Sequence[float], class_names: Sequence[str], path: s
             fontsize=8,
         )
     return _save(fig, path)
+
+
+# predictions.png: one row per image (image | label | prediction), a legend column at the right
+PANEL_INCHES = 2.2
+LEGEND_INCHES = 1.6
+TITLE_INCHES = 0.5
+PREDICTIONS_DPI = 100
+
+
+def class_palette(num_classes: int, palette: Sequence[Sequence[int]] | None = None) -> np.ndarray:
+    """uint8 ``[num_classes, 3]`` RGB colours: the dataset's ``palette`` when it has one
+    (``classes.json``, the synthetic set), else distinct colours from matplotlib's tab20."""
+    if palette is not None:
+        colours = np.asarray([tuple(c)[:3] for c in palette], dtype=np.int64)
+        if colours.shape != (num_classes, 3) or colours.min() < 0 or colours.max() > 255:
+            raise ValueError(
+                f"palette must hold {num_classes} RGB colours in [0, 255], "
+                f"got shape {colours.shape}"
+            )
+        return colours.astype(np.uint8)
+    from matplotlib import colormaps
+
+    table = colormaps["tab20"].colors
+    rgb = [table[(2 * i) % 20 + (2 * i // 20) % 2] for i in range(num_classes)]
+    return (np.asarray(rgb, dtype=np.float64).reshape(-1, 3) * 255).round().astype(np.uint8)
+
+
+def colourise(label: np.ndarray, colours: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """A ``[H,W]`` class-id map as ``[H,W,3]`` RGB; ignored or unknown ids are black."""
+    ids = np.asarray(label, dtype=np.int64)
+    valid = (ids >= 0) & (ids < len(colours)) & (ids != ignore_index)
+    out = np.zeros((*ids.shape, 3), dtype=np.uint8)
+    out[valid] = colours[ids[valid]]
+    return out
+
+
+def predictions_png_size(num_images: int) -> tuple[int, int]:
+    """(width, height) in pixels of :func:`plot_predictions`' PNG for ``num_images`` rows."""
+    width = 3 * PANEL_INCHES + LEGEND_INCHES
+    height = num_images * PANEL_INCHES + TITLE_INCHES
+    return round(width * PREDICTIONS_DPI), round(height * PREDICTIONS_DPI)
+
+
+def plot_predictions(
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    predictions: Sequence[Any],
+    *,
+    class_names: Sequence[str],
+    palette: Sequence[Sequence[int]] | None = None,
+    ignore_index: int = 255,
+    title: str = "",
+) -> bytes:
+    """PNG bytes of validation images beside their labels and predictions, one row each,
+    coloured with the dataset's palette (or :func:`class_palette`'s default) and a legend.
+
+    ``images`` are ``[H,W,3]`` (or ``[H,W]``) uint8, ``labels`` and ``predictions``
+    ``[H,W]`` class ids (tensors or arrays). The size is fixed by the number of rows
+    (:func:`predictions_png_size`), so a picture from any dataset reads the same way.
+    """
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    if not (len(images) == len(labels) == len(predictions)) or not images:
+        raise ValueError(
+            f"need as many images, labels and predictions (>= 1), got "
+            f"{len(images)}, {len(labels)}, {len(predictions)}"
+        )
+    names = [str(n) for n in class_names]
+    colours = class_palette(len(names), palette)
+    rows = len(images)
+    width, height = predictions_png_size(rows)
+    fig = Figure(figsize=(width / PREDICTIONS_DPI, height / PREDICTIONS_DPI))
+    right = 3 * PANEL_INCHES / (width / PREDICTIONS_DPI)
+    grid = fig.add_gridspec(
+        rows,
+        3,
+        left=0.01,
+        right=right,
+        top=1 - TITLE_INCHES / (height / PREDICTIONS_DPI),
+        bottom=0.01,
+        wspace=0.04,
+        hspace=0.08,
+    )
+    for row, (image, label, pred) in enumerate(zip(images, labels, predictions, strict=True)):
+        panels = (
+            np.asarray(image),
+            colourise(np.asarray(label), colours, ignore_index),
+            colourise(np.asarray(pred), colours, ignore_index),
+        )
+        for col, panel in enumerate(panels):
+            ax = fig.add_subplot(grid[row, col])
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, interpolation="nearest")
+            ax.set_axis_off()
+            if row == 0:
+                ax.set_title(("image", "label", "prediction")[col], fontsize=9)
+    handles = [Patch(color=colours[i] / 255.0, label=name) for i, name in enumerate(names)]
+    fig.legend(
+        handles=handles, loc="upper right", fontsize=7, frameon=False, bbox_to_anchor=(1.0, 0.95)
+    )
+    if title:
+        fig.suptitle(title, fontsize=10)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    FigureCanvasAgg(fig)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=PREDICTIONS_DPI)
+    return buffer.getvalue()

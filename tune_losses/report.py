@@ -34,12 +34,19 @@ Example:
 from __future__ import annotations
 
 import argparse
+import base64
+import contextlib
 import json
 import math
+import os
 import re
+import shutil
 import sys
-from collections.abc import Sequence
+import tempfile
+import textwrap
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from html import escape
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +58,8 @@ from tune_losses.tracking import (
     BEST_METRIC,
     CURVE_METRIC,
     LEADERBOARD,
+    PREDICTIONS,
+    REPORT_DIR,
     TrackingError,
     TrialRecord,
     find_parent,
@@ -58,9 +67,15 @@ from tune_losses.tracking import (
     leaderboard_rows,
     load_trials,
     open_client,
+    searched_params,
+    short_names,
+    short_value,
+    weight_histories,
 )
 
 MIN_TRIALS = 3
+SCHEDULE_TRIALS = 5
+HTML_FILE = "report.html"
 
 
 @dataclass
@@ -129,14 +144,6 @@ def _positive_int(text: str) -> int:
 
 
 # --------------------------------------------------------------------------- analysis
-
-
-def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
-    """``loss.*`` params that take more than one value (or are missing somewhere)."""
-    keys = sorted({k for t in trials for k in t.params})
-    if len(trials) < 2:
-        return keys
-    return [k for k in keys if len({t.params.get(k) for t in trials}) > 1]
 
 
 def _as_number(text: str) -> float | None:
@@ -313,36 +320,149 @@ def plot_importances(importances: Importances, path: Path) -> Path | None:
     return path
 
 
+TERMINAL_WIDTH = 120
+TERMINAL_ROWS = 10
+_NAME_WIDTH = 24
+_VALUE_WIDTH = 12
+_HEADER_WIDTH = 14
+
+
+def plot_schedules(
+    schedules: Mapping[str, Mapping[str, Sequence[tuple[int, float]]]], path: Path, title: str = ""
+) -> Path | None:
+    """The applied weight of each loss term per epoch, one panel per ``head/term``, one line
+    per trial (``{trial: {"decode/dice": [(epoch, weight)]}}``, best trial first, drawn
+    red). Shows what a schedule really did; None when no trial logged a weight."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    terms = sorted({term for weights in schedules.values() for term in weights})
+    if not terms:
+        return None
+    cols = min(3, len(terms))
+    rows = math.ceil(len(terms) / cols)
+    fig = Figure(figsize=(4 * cols, 2.8 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False).ravel()
+    colours = ["C3"] + [f"C{i}" for i in range(10) if i != 3]
+    for ax, term in zip(axes, terms, strict=False):
+        for rank, (trial, weights) in enumerate(schedules.items()):
+            points = weights.get(term)
+            if points:
+                style = {
+                    "lw": 2.5 if rank == 0 else 1.2,
+                    "marker": ".",
+                    "alpha": 1 if rank == 0 else 0.8,
+                }
+                ax.plot(
+                    [s for s, _ in points],
+                    [w for _, w in points],
+                    color=colours[rank % 10],
+                    label=trial,
+                    **style,
+                )
+        ax.set_title(term, fontsize=10)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("weight (epoch mean)")
+        ax.grid(alpha=0.3)
+    for ax in axes[len(terms) :]:
+        ax.set_axis_off()
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(
+        handles, labels, loc="outside lower center", ncols=min(5, len(labels)), fontsize="small"
+    )
+    fig.suptitle(title or "applied loss weights per epoch")
+    fig.savefig(path, dpi=110)
+    return path
+
+
 def print_leaderboard(
-    trials: Sequence[TrialRecord], title: str, top: int | None = None, file: Any = None
+    trials: Sequence[TrialRecord],
+    title: str,
+    top: int | None = None,
+    file: Any = None,
+    *,
+    csv: str | Path = LEADERBOARD,
+    width: int = TERMINAL_WIDTH,
 ) -> None:
-    """Rich table: trial, status, stop reason, epochs, best val mIoU, varying ``loss.*``."""
+    """Rich table that fits ``width`` columns: the ``top`` best trials (default
+    :data:`TERMINAL_ROWS`), how each ended, its best val mIoU and the searched values only
+    (params that vary, named without their shared prefix), as many as fit; the caption
+    points to ``csv`` for the rest. The report and the search's end summary print it."""
     from rich.console import Console
     from rich.table import Table
     from rich.text import Text
 
-    shown = list(trials[:top] if top else trials)
-    params = varying_params(trials)
-    hidden = len({k for t in trials for k in t.params}) - len(params)
-    caption = f"{hidden} loss.* params constant across trials not shown" if hidden else None
-    table = Table(title=title, caption=caption)
-    for name in ("#", "trial", "status", "stop_reason", "epochs", BEST_METRIC, *params):
-        table.add_column(name, overflow="fold")
-    for rank, t in enumerate(shown, 1):
-        best = f"{t.best:.2f}" if math.isfinite(t.best) else "-"
-        cells = [str(rank), t.name, t.status, t.stop_reason, t.epochs_run, best]
-        cells += [_short(t.params.get(k, "")) for k in params]
-        table.add_row(*(Text(c) for c in cells))
-    if top and len(trials) > top:
-        table.add_row(*(Text(c) for c in ["...", f"{len(trials) - top} more in the CSV"]))
-    Console(file=file or sys.stdout, width=max(120, 22 * (6 + len(params)))).print(table)
+    rows = top or TERMINAL_ROWS
+    shown = list(trials[:rows])
+    searched = searched_params(trials)
+    names = short_names(searched)
+    fixed = ["#", "trial", "ended", "epochs", "best mIoU"]
+    cells = [
+        [
+            str(rank),
+            _clip(t.name, _NAME_WIDTH),
+            t.stop_reason or t.status,
+            t.epochs_run,
+            f"{t.best:.2f}" if math.isfinite(t.best) else "-",
+        ]
+        for rank, t in enumerate(shown, 1)
+    ]
+    if len(trials) > len(shown):
+        cells.append(["...", f"{len(trials) - len(shown)} more in the CSV", "", "", ""])
+    used = 1 + sum(3 + _width(h, [c[i] for c in cells]) for i, h in enumerate(fixed))
+    params: list[str] = []
+    for key in searched:
+        values = [_clip(short_value(t.params.get(key, "")), _VALUE_WIDTH) for t in shown]
+        values += [""] * (len(cells) - len(shown))
+        need = 3 + _width(_header(names[key]), values)
+        if used + need > width:
+            break
+        used += need
+        params.append(key)
+        for row, value in zip(cells, values, strict=True):
+            row.append(value)
+    notes = []
+    if len(trials) > len(shown):
+        notes.append(f"top {len(shown)} of {len(trials)} trials")
+    if len(params) < len(searched):
+        notes.append(f"{len(searched) - len(params)} more searched params")
+    others = len({k for t in trials for k in t.params}) - len(searched)
+    if others:
+        notes.append(f"{others} loss.* params constant across trials (or aliases) not shown")
+    prefix = next((k[: -len(names[k])] for k in params if names[k] != k), "")
+    if prefix:
+        notes.append(f"params without {prefix!r}")
+    if notes:
+        notes.append(f"all in {csv}")
+    table = Table(title=title, caption="; ".join(notes) or None)
+    for header in fixed:
+        table.add_column(header, no_wrap=True)
+    for key in params:
+        table.add_column(_header(names[key]), no_wrap=True)
+    for row in cells:
+        table.add_row(*(Text(c) for c in row))
+    Console(file=file or sys.stdout, width=width).print(table)
 
 
-def _short(value: str) -> str:
-    number = _as_number(value)
-    if number is not None and not value.lstrip("-").isdigit():
-        return f"{number:.4g}"
-    return value
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def _header(name: str) -> str:
+    """A dotted name broken at dots over lines of about :data:`_HEADER_WIDTH` characters."""
+    lines = [""]
+    for part in name.split("."):
+        piece = part if not lines[-1] else "." + part
+        if lines[-1] and len(lines[-1]) + len(piece) > _HEADER_WIDTH:
+            lines.append(part)
+        else:
+            lines[-1] += piece
+    return "\n".join(lines)
+
+
+def _width(header: str, values: Sequence[str]) -> int:
+    return max([len(line) for line in header.splitlines()] + [len(v) for v in values])
 
 
 def print_importances(importances: Importances, file: Any = None) -> None:
@@ -391,15 +511,48 @@ def report(
     """
     trials = load_trials(client, parent)
     name = parent.info.run_name or parent.info.run_id
+    print(
+        f"search {name} ({parent.info.run_id}, {parent.info.status.lower()}): "
+        f"{status_summary(trials)}"
+    )
+    print_leaderboard(
+        trials, f"Leaderboard of {name} (best val mIoU, %)", top, csv=out / LEADERBOARD
+    )
+    importances = param_importances(trials)
+    print_importances(importances)
+    written = write_report(client, parent, trials, out, top=top, importances=importances)
+    print(f"wrote to {out}:")
+    names = ", ".join(p.name for p in written)
+    print(textwrap.fill(names, TERMINAL_WIDTH, initial_indent="  ", subsequent_indent="  "))
+    return trials, importances, written
+
+
+def status_summary(trials: Sequence[TrialRecord]) -> str:
+    """``5 finished, 1 failed``: how many trials are in each run status."""
     counts: dict[str, int] = {}
     for t in trials:
         counts[t.status] = counts.get(t.status, 0) + 1
-    summary = ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no trials yet"
-    print(f"search {name} ({parent.info.run_id}, {parent.info.status.lower()}): {summary}")
-    print_leaderboard(trials, f"Leaderboard of {name} (best val mIoU, %)", top)
-    importances = param_importances(trials)
-    print_importances(importances)
+    return ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items())) or "no trials yet"
 
+
+def write_report(
+    client: MlflowClient,
+    parent: Run,
+    trials: Sequence[TrialRecord],
+    out: Path,
+    *,
+    top: int | None = None,
+    importances: Importances | None = None,
+) -> list[Path]:
+    """Write the report's files into ``out`` (nothing printed); returns them.
+
+    ``leaderboard.csv``, ``importances.json``, ``curves.png``, ``importances.png`` (when
+    there are importances), ``schedules.png`` (the applied loss weights of the top trials)
+    and ``report.html`` (all of it on one self-contained page). The search calls it at its
+    end, ``python -m tune_losses.report`` at any time.
+    """
+    importances = importances or param_importances(trials)
+    name = parent.info.run_name or parent.info.run_id
     out.mkdir(parents=True, exist_ok=True)
     (out / LEADERBOARD).write_text(leaderboard_csv(leaderboard_rows(trials)))
     written = [out / LEADERBOARD]
@@ -408,20 +561,111 @@ def report(
     (out / "importances.json").write_text(json.dumps(data, indent=2) + "\n")
     written.append(out / "importances.json")
     shown = trials[:top] if top else trials
-    for path in (
+    schedules = {
+        t.name: weight_histories(client, t.run_id) for t in trials[: top or SCHEDULE_TRIALS]
+    }
+    plots = [
         plot_curves(shown, out / "curves.png", f"{CURVE_METRIC} per epoch: {name}"),
         plot_importances(importances, out / "importances.png"),
-    ):
-        if path is not None:
-            written.append(path)
-    print(f"wrote {', '.join(p.name for p in written)} to {out}")
-    return trials, importances, written
+        plot_schedules(schedules, out / "schedules.png", f"applied loss weights: {name}"),
+    ]
+    written += [path for path in plots if path is not None]
+    pictures = [path for path in plots if path is not None]
+    best = next((t for t in trials if math.isfinite(t.best)), None)
+    if best is not None:
+        picture = _download(client, best.run_id, PREDICTIONS, out, "best_predictions.png")
+        if picture is not None:
+            pictures.append(picture)
+            written.append(picture)
+    html = report_html(parent, trials, importances, pictures)
+    (out / HTML_FILE).write_text(html, encoding="utf-8")
+    written.append(out / HTML_FILE)
+    return written
+
+
+def _download(client: MlflowClient, run_id: str, name: str, out: Path, as_name: str) -> Path | None:
+    """A run's artifact ``name`` copied to ``out/as_name``; None when the run has none."""
+    if name not in {a.path for a in client.list_artifacts(run_id)}:
+        return None
+    quiet = {"MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}  # no progress bar on stderr
+    with tempfile.TemporaryDirectory() as tmp, _environ(quiet):
+        got = Path(client.download_artifacts(run_id, name, tmp))
+        target = out / as_name
+        shutil.copyfile(got, target)
+    return target
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then put them back."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def report_html(
+    parent: Run,
+    trials: Sequence[TrialRecord],
+    importances: Importances,
+    pictures: Sequence[Path],
+) -> str:
+    """One self-contained HTML page: the leaderboard (every trial, the searched params),
+    the importances and every picture embedded as base64 PNG, for people who would rather
+    look than read; opens from a file, a mail or MLflow's artifact view alike."""
+    name = parent.info.run_name or parent.info.run_id
+    searched = searched_params(trials)
+    head = ["#", "trial", "run id", "status", "ended", "epochs", BEST_METRIC, *searched]
+    rows = []
+    for rank, t in enumerate(trials, 1):
+        best = f"{t.best:.2f}" if math.isfinite(t.best) else "-"
+        cells = [str(rank), t.name, t.run_id, t.status, t.stop_reason, t.epochs_run, best]
+        rows.append(cells + [short_value(t.params.get(k, "")) for k in searched])
+    parts = [
+        f"<h1>Search {escape(name)}</h1>",
+        f"<p>run <code>{escape(parent.info.run_id)}</code>, {escape(parent.info.status.lower())}: "
+        f"{escape(status_summary(trials))}</p>",
+        "<h2>Leaderboard</h2>",
+        _html_table(head, rows),
+        "<h2>Parameter importances</h2>",
+    ]
+    if importances.values:
+        items = [[k, f"{v:.3f}"] for k, v in importances.values.items()]
+        parts.append(_html_table(["param", "importance (fANOVA)"], items))
+    else:
+        parts.append(f"<p>{escape(importances.message or 'none')}</p>")
+    for picture in pictures:
+        data = base64.b64encode(picture.read_bytes()).decode("ascii")
+        parts.append(f"<h2>{escape(picture.stem.replace('_', ' '))}</h2>")
+        parts.append(f'<img alt="{escape(picture.name)}" src="data:image/png;base64,{data}">')
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{escape(name)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+
+
+def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>\n" for row in rows
+    )
+    return f"<table>\n<tr>{th}</tr>\n{body}</table>"
 
 
 def log_report(client: MlflowClient, parent: Run, files: Sequence[Path]) -> None:
     """Log ``files`` as artifacts of the parent run under ``report/`` (replacing earlier ones)."""
     for path in files:
-        client.log_artifact(parent.info.run_id, str(path), "report")
+        client.log_artifact(parent.info.run_id, str(path), REPORT_DIR)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -15,9 +15,11 @@ and :mod:`tune_losses.report` reads the same layout back through :func:`load_tri
 from __future__ import annotations
 
 import csv
+import importlib.metadata
 import io
 import math
 import re
+import subprocess
 import tempfile
 import time
 from collections.abc import Mapping, Sequence
@@ -42,10 +44,23 @@ CLONED_TAG = "pbt.cloned_from"  # the last PBT exploit: "<donor trial>@<epoch>"
 LINEAGE_TAG = "pbt.lineage"  # every exploit, oldest first, comma-separated
 BEST_METRIC = "best_val_mIoU"
 CURVE_METRIC = "val/mIoU"
+WEIGHT_PREFIX = "weight/"  # weight/<head>/<term>: the weight applied to a term (epoch mean)
 PARAM_PREFIX = "loss."
 TRIAL_CONFIG = "trial_config.yaml"
 LEADERBOARD = "leaderboard.csv"
 BEST_CONFIG = "best_config.yaml"
+REPORT_DIR = "report"
+PREDICTIONS = "predictions.png"  # a child's best-epoch predictions (engine draws them)
+NOTE_TAG = "mlflow.note.content"  # the run's description, rendered as markdown by the UI
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+GIT_DIRTY_TAG = "git_dirty"
+VERSION_TAG = "version.{}"
+TRIALS_COMPLETED = "trials_completed"
+TRIALS_PRUNED = "trials_pruned"
+TRIALS_FAILED = "trials_failed"
+EPOCHS_SPENT = "epochs_spent"
+VERSIONED_PACKAGES = ("torch", "ray", "optuna", "segmentation_models_pytorch", "mlflow")
+STORY_TOP = 5
 _PARAM_MAX = 6000
 _BATCH = 100
 _PAGE = 1000
@@ -67,6 +82,28 @@ def trial_params(config: Mapping[str, Any]) -> dict[str, Any]:
         for key, value in flatten(exp.get(section, {}), section).items():
             params.setdefault(key, value)
     return params
+
+
+CHOICE_SUFFIXES = (".choice", ".grid")
+_OFF_LABELS = {"none", "null", "off"}
+
+
+def trial_run_name(number: int, config: Mapping[str, Any]) -> str:
+    """A child run's name a person can tell apart in the runs table: the trial's number in
+    the search and the chosen options of the space's choices, e.g. ``t03 lovasz+decay``.
+
+    The sampled values are the keys of the trial config other than ``experiment``; those
+    ending in ``.choice`` (or ``.grid``) hold an option's label. Options meaning "off"
+    (``none``) are left out; with no choice in the space the name is ``t03``.
+    """
+    name = f"t{number:02d}"
+    labels = [
+        str(value)
+        for key, value in config.items()
+        if key != "experiment" and key.endswith(CHOICE_SUFFIXES)
+    ]
+    chosen = [label for label in labels if label.lower() not in _OFF_LABELS]
+    return f"{name} {'+'.join(chosen)}" if chosen else name
 
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
@@ -199,6 +236,23 @@ class SearchTracker(_Writer):
         for path, text in texts.items():
             self.client.log_text(self._parent(), text, path)
 
+    def log_environment(self, versions: Mapping[str, str], commit: Mapping[str, str]) -> None:
+        """Tag the parent with package versions (``version.torch`` ...) and the project's
+        git commit (:func:`git_tags`), so a search can be traced to the code that ran it."""
+        tags = {VERSION_TAG.format(name): value for name, value in versions.items()}
+        tags.update(commit)
+        for key, value in tags.items():
+            self.client.set_tag(self._parent(), key, value)
+
+    def tell_story(self, trials: Sequence[TrialRecord], reproduce: str, retrain: str) -> None:
+        """The parent's description (:func:`search_story`) and its trial counts
+        (:func:`trial_counts`), so the runs table and run page say how the search went."""
+        pid = self._parent()
+        story = search_story(trials, self.experiment_id, reproduce=reproduce, retrain=retrain)
+        self.client.set_tag(pid, NOTE_TAG, story)
+        for key, value in trial_counts(trials).items():
+            self.client.log_metric(pid, key, value)
+
     def open_children(self) -> list[str]:
         """Child runs of this search still RUNNING (trials interrupted mid-way)."""
         if self.parent_id is None:
@@ -220,6 +274,11 @@ class SearchTracker(_Writer):
         return self.parent_id
 
     # ------------------------------------------------------------------ children
+    def next_trial_number(self) -> int:
+        """The number of a trial not seen yet: 1 + the child runs this search has (resumed
+        searches included), in the order trials start."""
+        return len(self.children) + 1
+
     def trial_started(self, trial_id: str, name: str, config: Mapping[str, Any]) -> None:
         """Open the trial's child run (or reopen it after a restore): params and config."""
         if trial_id in self.children:  # restored or retried: same run continues
@@ -235,6 +294,17 @@ class SearchTracker(_Writer):
         self.log_params(run_id, trial_params(config))
         text = yaml.safe_dump(config.get("experiment", {}), sort_keys=False)
         self.client.log_text(run_id, text, TRIAL_CONFIG)
+
+    def log_predictions(self, trial_id: str, png: str | Path) -> None:
+        """Attach the best epoch's predictions picture to a trial's child run as
+        :data:`PREDICTIONS`, whatever the file is called."""
+        run_id = self.children.get(trial_id)
+        if run_id is None:
+            return
+        with tempfile.TemporaryDirectory() as tmp:
+            target = Path(tmp) / PREDICTIONS
+            target.write_bytes(Path(png).read_bytes())
+            self.client.log_artifact(run_id, str(target))
 
     def trial_result(self, trial_id: str, result: Mapping[str, Any], step: int) -> None:
         """Log one reported epoch of a trial at ``step``."""
@@ -278,6 +348,40 @@ class SearchTracker(_Writer):
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
         self.client.set_terminated(run_id, status)
         return reason
+
+
+def package_versions(names: Sequence[str] = VERSIONED_PACKAGES) -> dict[str, str]:
+    """Installed versions of ``names`` from their metadata (nothing is imported, so Ray's
+    version can be read without importing Ray); a missing package is ``not installed``."""
+    out = {}
+    for name in names:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            out[name] = "not installed"
+    return out
+
+
+def git_tags(root: Path | None = None) -> dict[str, str]:
+    """``mlflow.source.git.commit`` (and ``git_dirty`` when files differ from it) of the
+    project checkout at ``root`` (default: the folder above this package); empty when the
+    code does not run from a git checkout or git is missing."""
+    root = root or Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        return {}
+    try:
+        commit = _git(root, "rev-parse", "HEAD")
+        dirty = _git(root, "status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {GIT_COMMIT_TAG: commit, GIT_DIRTY_TAG: str(bool(dirty)).lower()}
+
+
+def _git(root: Path, *args: str) -> str:
+    done = subprocess.run(
+        ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10, check=True
+    )
+    return done.stdout.strip()
 
 
 # --------------------------------------------------------------------------- reading
@@ -346,6 +450,23 @@ def find_parent(client: MlflowClient, experiment: str, run: str | None = None) -
     raise TrackingError(f"no search run with id or name {run!r} in experiment {experiment!r}")
 
 
+def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """``(step, value)`` of a metric, by step; an epoch logged twice (a retried or resumed
+    trial) keeps its last value."""
+    by_step: dict[int, float] = {}
+    history = client.get_metric_history(run_id, key)
+    for m in sorted(history, key=lambda m: m.timestamp):
+        by_step[int(m.step)] = float(m.value)
+    return sorted(by_step.items())
+
+
+def weight_histories(client: MlflowClient, run_id: str) -> dict[str, list[tuple[int, float]]]:
+    """The applied weight of each loss term per epoch, ``{"<head>/<term>": [(epoch, w)]}``,
+    from the ``weight/<head>/<term>`` metrics of a run."""
+    keys = sorted(k for k in client.get_run(run_id).data.metrics if k.startswith(WEIGHT_PREFIX))
+    return {k[len(WEIGHT_PREFIX) :]: metric_history(client, run_id, k) for k in keys}
+
+
 @dataclass
 class TrialRecord:
     """One child run of a search as read back from MLflow."""
@@ -398,11 +519,7 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
     children = search_all(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{pid}'")
     trials = []
     for child in children:
-        by_step: dict[int, float] = {}
-        history = client.get_metric_history(child.info.run_id, CURVE_METRIC)
-        for m in sorted(history, key=lambda m: m.timestamp):  # a retried epoch: keep the last
-            by_step[int(m.step)] = float(m.value)
-        curve = sorted(by_step.items())
+        curve = metric_history(client, child.info.run_id, CURVE_METRIC)
         values = {
             name: float(child.data.metrics.get(best_metric_name(name), math.nan))
             for name, _ in objectives
@@ -462,6 +579,51 @@ def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     return rows
 
 
+def varying_params(trials: Sequence[TrialRecord]) -> list[str]:
+    """``loss.*`` params that take more than one value (or are missing somewhere): what a
+    search searched, as opposed to the resolved config's constants."""
+    keys = sorted({k for t in trials for k in t.params})
+    if len(trials) < 2:
+        return keys
+    return [k for k in keys if len({t.params.get(k) for t in trials}) > 1]
+
+
+def searched_params(trials: Sequence[TrialRecord]) -> list[str]:
+    """The params worth a column: :func:`varying_params` without aliases (a sampled value
+    and the config value it resolves to hold the same values in every trial: the shortest
+    name is kept): the chosen options (``.choice``) first since they tell trials apart, then
+    the values every trial has before those of one branch."""
+    groups: dict[tuple[str | None, ...], str] = {}
+    for key in sorted(varying_params(trials), key=lambda k: (len(k), k)):
+        groups.setdefault(tuple(t.params.get(key) for t in trials), key)
+    present = {k: sum(k in t.params for t in trials) for k in groups.values()}
+    return sorted(groups.values(), key=lambda k: (not k.endswith(CHOICE_SUFFIXES), -present[k], k))
+
+
+def short_names(keys: Sequence[str], keep: int = 2) -> dict[str, str]:
+    """Each dotted name without the components every name shares at the start, keeping
+    at least the last ``keep`` components (``loss.decode.dice.weight`` -> ``decode.dice.weight``
+    beside ``loss.aux.ce.weight.choice``)."""
+    if not keys:
+        return {}
+    parts = [k.split(".") for k in keys]
+    shared = 0
+    while all(len(p) > shared + keep for p in parts) and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    return {k: ".".join(p[shared:]) for k, p in zip(keys, parts, strict=True)}
+
+
+def short_value(value: str) -> str:
+    """A param value as MLflow keeps it (a string), with floats cut to 4 significant digits."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    if not math.isfinite(number) or value.lstrip("-").isdigit():
+        return value
+    return f"{number:.4g}"
+
+
 def leaderboard_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     """The leaderboard rows as CSV text (header: the union of the rows' keys)."""
     keys: list[str] = []
@@ -472,3 +634,77 @@ def leaderboard_csv(rows: Sequence[Mapping[str, Any]]) -> str:
     writer.writeheader()
     writer.writerows(rows)
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- the story
+
+
+def trial_counts(trials: Sequence[TrialRecord]) -> dict[str, float]:
+    """How the trials ended: failed (error), pruned (stopped by ASHA), completed (the rest:
+    ran all epochs or stopped early on their own), and the epochs trained in all."""
+    failed = sum(t.status == "FAILED" or t.stop_reason == "error" for t in trials)
+    pruned = sum(t.stop_reason == "asha" and t.status != "FAILED" for t in trials)
+    epochs = sum(int(t.epochs_run) if t.epochs_run.isdigit() else len(t.history) for t in trials)
+    return {
+        TRIALS_COMPLETED: float(len(trials) - failed - pruned),
+        TRIALS_PRUNED: float(pruned),
+        TRIALS_FAILED: float(failed),
+        EPOCHS_SPENT: float(epochs),
+    }
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's address of a run, relative to the UI's root (works in a description)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def search_story(
+    trials: Sequence[TrialRecord],
+    experiment_id: str,
+    *,
+    reproduce: str,
+    retrain: str,
+    top: int = STORY_TOP,
+) -> str:
+    """The parent run's markdown description: the winner with a link to its run, how the
+    trials ended, the ``top`` trials with their searched values and stop reasons, and the
+    commands that reproduce the search and retrain the winner. ``trials`` are best first."""
+    counts = trial_counts(trials)
+    lines = []
+    best = next((t for t in trials if math.isfinite(t.best)), None)
+    if best is None:
+        lines.append("**No trial reported a val mIoU.**")
+    else:
+        link = run_link(experiment_id, best.run_id)
+        lines.append(
+            f"**Best trial: [{best.name}]({link})**, {BEST_METRIC} **{best.best:.2f}** "
+            f"(run `{best.run_id}`, {best.stop_reason or best.status.lower()})."
+        )
+    lines.append(
+        f"{len(trials)} trials: {counts[TRIALS_COMPLETED]:.0f} completed, "
+        f"{counts[TRIALS_PRUNED]:.0f} pruned by ASHA, {counts[TRIALS_FAILED]:.0f} failed; "
+        f"{counts[EPOCHS_SPENT]:.0f} epochs trained."
+    )
+    searched = searched_params(trials)
+    names = short_names(searched)
+    shown = trials[:top]
+    if shown:
+        header = ["#", "trial", BEST_METRIC, "ended", "epochs", *(names[k] for k in searched)]
+        lines += ["", f"### Top {len(shown)}", "", _md_row(header), _md_row(["---"] * len(header))]
+        for rank, t in enumerate(shown, 1):
+            value = f"{t.best:.2f}" if math.isfinite(t.best) else "-"
+            cells = [str(rank), f"[{t.name}]({run_link(experiment_id, t.run_id)})", value]
+            cells += [t.stop_reason or t.status.lower(), t.epochs_run]
+            cells += [short_value(t.params.get(k, "")) or "-" for k in searched]
+            lines.append(_md_row(cells))
+    lines += ["", "### Reproduce the search", "", "```bash", reproduce, "```"]
+    lines += ["", "### Retrain the winner", "", "```bash", retrain, "```"]
+    lines += [
+        "",
+        f"Every trial is in `{LEADERBOARD}`; plots and `report.html` under `{REPORT_DIR}/`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"

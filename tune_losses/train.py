@@ -34,7 +34,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         exp = load_experiment(args.config, args.overrides)
-        from tune_losses.engine import Trainer
+        from tune_losses.engine import PREDICTIONS_FILE, Trainer
 
         try:
             trainer = Trainer(exp)  # builds and checks data, model and loss on one batch
@@ -82,6 +82,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if run is not None:
             run.log_artifact(str(out / "config.yaml"))
             run.log_artifact(str(out / "best.json"))
+            if (out / PREDICTIONS_FILE).is_file():
+                run.log_artifact(str(out / PREDICTIONS_FILE))
             run.end(status)
     summary = trainer.summary()
     if summary["confmat"] is not None:

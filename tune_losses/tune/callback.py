@@ -15,8 +15,14 @@ from typing import Any
 
 from ray import tune
 
-from tune_losses.engine import read_summary
-from tune_losses.tracking import BEST_METRIC, CURVE_METRIC, SearchTracker
+from tune_losses.engine import PREDICTIONS_FILE, read_summary
+from tune_losses.tracking import (
+    BEST_METRIC,
+    CURVE_METRIC,
+    SearchTracker,
+    short_names,
+    trial_run_name,
+)
 from tune_losses.tune.trainable import CLONED_FROM, EXPERIMENT_KEY, trial_values
 
 
@@ -54,12 +60,15 @@ class TrialLogger(tune.Callback):
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
     ) -> None:
         values = trial_values(trial.config)
-        self.tracker.trial_started(trial.trial_id, str(trial), values)
+        name = trial_run_name(self.tracker.next_trial_number(), values)
+        self.tracker.trial_started(trial.trial_id, name, values)
         sampled = {k: v for k, v in values.items() if k != EXPERIMENT_KEY}
+        names = short_names(list(sampled))
         shown = ", ".join(
-            f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}" for k, v in sampled.items()
+            f"{names[k]}={v:.3g}" if isinstance(v, float) else f"{names[k]}={v}"
+            for k, v in sampled.items()
         )
-        self._say(f"{trial.trial_id} started: {shown}")
+        self._say(f"{trial.trial_id} ({name}) started: {shown}")
 
     def on_trial_result(
         self, iteration: int, trials: Sequence[Any], trial: Any, result: dict, **info: Any
@@ -81,6 +90,9 @@ class TrialLogger(tune.Callback):
         summary = None
         if checkpoint is not None and Path(checkpoint.path).is_dir():
             summary = read_summary(checkpoint.path)
+            picture = Path(checkpoint.path) / PREDICTIONS_FILE
+            if picture.is_file():
+                self.tracker.log_predictions(trial.trial_id, picture)
         return self.tracker.trial_ended(
             trial.trial_id,
             failed=failed,

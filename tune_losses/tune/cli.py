@@ -11,8 +11,10 @@ import contextlib
 import json
 import math
 import os
+import shlex
 import signal
 import sys
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -141,8 +143,30 @@ def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
         "space": str(args.space),
         "total": space.grid_size() or exp.search.num_samples,
         "max_epochs": space.max_epochs,
+        "command": reproduce_command(args),
     }
     return _Search(name, storage, Path(storage) / name, state)
+
+
+def reproduce_command(args: argparse.Namespace) -> str:
+    """The command line that runs this search again (same space, flags and overrides)."""
+    parts = ["python", "-m", "tune_losses.search", "--space", str(args.space)]
+    flags = {
+        "--num-samples": args.num_samples,
+        "--seed": args.seed,
+        "--cpus-per-trial": args.cpus_per_trial,
+        "--gpus-per-trial": args.gpus_per_trial,
+        "--address": args.address,
+        "--storage": args.storage,
+        "--tracking-uri": args.tracking_uri,
+        "--experiment": args.experiment,
+    }
+    for flag, value in flags.items():
+        if value is not None:
+            parts += [flag, str(value)]
+    for override in args.overrides:
+        parts += ["--set", override]
+    return shlex.join(parts)
 
 
 def _connect(search: _Search) -> Any:
@@ -169,6 +193,9 @@ def _open_parent(
     params = {"space_file": str(args.space), "ray_name": search.name, "storage": search.storage}
     params.update({f"search.{k}": v for k, v in exp.search.model_dump().items()})
     tracker.start(exp.tracking.run_name or search.name, params, args.space)
+    from tune_losses.tracking import git_tags, package_versions
+
+    tracker.log_environment(package_versions(), git_tags())
     search.state["parent_run_id"] = tracker.parent_id
     if search.local:
         run_state.write_state(search.run_dir, search.state)
@@ -227,7 +254,13 @@ def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> i
     one per Pareto-front member and ``pareto.csv``) written; returns the exit code."""
     from tune_losses.config import best_metric_name
     from tune_losses.report import print_leaderboard
-    from tune_losses.tracking import leaderboard_csv, leaderboard_rows, load_trials, ranking
+    from tune_losses.tracking import (
+        LEADERBOARD,
+        leaderboard_csv,
+        leaderboard_rows,
+        load_trials,
+        ranking,
+    )
 
     parent = tracker.client.get_run(tracker.parent_id)
     trials = load_trials(tracker.client, parent)
@@ -248,15 +281,54 @@ def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> i
         configs["pareto.csv"] = leaderboard_csv(leaderboard_rows(winners))
     tracker.attach({k: v for k, v in configs.items() if k != "best_config.yaml"})
     tracker.finish(leaderboard_csv(leaderboard_rows(trials)), configs.get("best_config.yaml"), best)
+    out = _tell_story(search, tracker, trials)
+    csv = out / LEADERBOARD if out else f"{LEADERBOARD} of run {tracker.parent_id}"
     shown = ", ".join(f"{metric} {mode}" for metric, mode in objectives)
-    print_leaderboard(trials, f"Leaderboard of {search.name} (best {shown})")
+    print_leaderboard(trials, f"Leaderboard of {search.name} (best {shown})", csv=csv)
     if search.local:
         for file, text in configs.items():
             (search.run_dir / file).write_text(text)
             what = "pareto front" if file.endswith(".csv") else "best config"
             print(f"{what}: {search.run_dir / file}")
-    print(f"review it:  mlflow ui --backend-store-uri {search.state['tracking_uri']}")
+    uri = search.state["tracking_uri"]
+    print(f"review it:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
     return 0 if ok else 1
+
+
+def _tell_story(search: _Search, tracker: Any, trials: list[Any]) -> Path | None:
+    """The parent's description, counts and the report's files (plots, ``report.html``),
+    written to ``<run folder>/report`` on local storage; returns that folder (None when
+    the report could not be written: the search's results stand, so it only warns)."""
+    from mlflow.exceptions import MlflowException
+
+    from tune_losses.report import log_report, write_report
+    from tune_losses.tracking import BEST_CONFIG, REPORT_DIR
+
+    config = search.run_dir / BEST_CONFIG
+    if search.local:
+        retrain = f"python -m tune_losses.train --config {shlex.quote(str(config))}"
+    else:
+        retrain = (
+            f"MLFLOW_TRACKING_URI={shlex.quote(search.state['tracking_uri'])} mlflow artifacts "
+            f"download --run-id {tracker.parent_id} --artifact-path {BEST_CONFIG} --dst-path .\n"
+            f"python -m tune_losses.train --config {BEST_CONFIG}"
+        )
+    command = search.state.get("command", f"python -m tune_losses.search --space {search.name}")
+    try:
+        tracker.tell_story(trials, reproduce=command, retrain=retrain)
+        parent = tracker.client.get_run(tracker.parent_id)
+        with contextlib.ExitStack() as stack:
+            if search.local:
+                out = search.run_dir / REPORT_DIR
+            else:
+                out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
+            log_report(tracker.client, parent, write_report(tracker.client, parent, trials, out))
+    except (MlflowException, OSError, ValueError, RuntimeError) as exc:
+        print(
+            f"warning: the search's report was not written: {exc}".splitlines()[0], file=sys.stderr
+        )
+        return None
+    return out if search.local else None
 
 
 def run_search(args: argparse.Namespace, space: SearchSpace) -> int:

@@ -90,8 +90,10 @@ def main() -> int:
             t0 = time.perf_counter()
             cmd = [sys.executable, __file__, "--one", mode, str(seed), "--out", str(out)]
             cmd += ["--num-samples", str(args.num_samples), "--space", args.space]
+            env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, in Ray's workers too
             with log.open("w") as fh:
-                code = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT).returncode
+                run = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            code = run.returncode
             row = {"mode": mode, "seed": seed, "exit": code, "minutes": 0.0}
             row["minutes"] = round((time.perf_counter() - t0) / 60, 1)
             if code == 0:

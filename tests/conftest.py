@@ -232,3 +232,25 @@ def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
         if record.is_file() and record.read_text().strip().endswith(f":{port}"):
             record.unlink()
+
+
+NOTEBOOK = ROOT / "notebooks" / "review_search.ipynb"
+
+
+def run_notebook(uri: str, experiment: str, cwd: Path, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Execute the review notebook on the latest search of ``experiment`` in ``uri`` (nbclient);
+    returns the executed notebook. A failing cell raises with its traceback."""
+    import nbformat
+    from nbclient import NotebookClient
+
+    monkeypatch.setenv("TUNE_LOSSES_TRACKING_URI", uri)
+    monkeypatch.setenv("TUNE_LOSSES_EXPERIMENT", experiment)
+    monkeypatch.delenv("TUNE_LOSSES_SEARCH", raising=False)  # the latest search
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    monkeypatch.setenv("PYTHONPATH", path)  # the kernel imports this checkout
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    client = NotebookClient(
+        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(cwd)}}
+    )
+    client.execute()
+    return nb

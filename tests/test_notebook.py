@@ -3,15 +3,12 @@ tiny search's MLflow store (executed by nbclient, parameters through the environ
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import nbformat
 import pytest
 
-from conftest import ROOT, TinySearch
-
-NOTEBOOK = ROOT / "notebooks" / "review_search.ipynb"
+from conftest import NOTEBOOK, TinySearch, run_notebook
 
 
 def test_notebook_is_stored_without_outputs() -> None:
@@ -29,19 +26,8 @@ def test_notebook_is_stored_without_outputs() -> None:
 def test_notebook_runs_on_a_tiny_search(
     tiny_search: TinySearch, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from nbclient import NotebookClient
-
     assert tiny_search.proc.returncode == 0, tiny_search.proc.stderr[-3000:]
-    monkeypatch.setenv("TUNE_LOSSES_TRACKING_URI", tiny_search.uri)
-    monkeypatch.setenv("TUNE_LOSSES_EXPERIMENT", tiny_search.experiment)
-    monkeypatch.delenv("TUNE_LOSSES_SEARCH", raising=False)  # the latest search
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    monkeypatch.setenv("PYTHONPATH", path)  # the kernel imports this checkout
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    client = NotebookClient(
-        nb, timeout=300, kernel_name="python3", resources={"metadata": {"path": str(tmp_path)}}
-    )
-    client.execute()  # raises CellExecutionError with the cell's traceback on any error
+    nb = run_notebook(tiny_search.uri, tiny_search.experiment, tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
     text = "".join(o.get("text", "") for o in outputs)

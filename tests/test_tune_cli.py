@@ -18,7 +18,7 @@ import yaml
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
-from conftest import TinySearch, png_size, run_cli, write_space
+from conftest import TinySearch, png_size, run_cli, run_notebook, write_space
 from tune_losses.config import load_experiment
 from tune_losses.engine import PREVIEW_IMAGES
 from tune_losses.plots import predictions_png_size
@@ -137,8 +137,9 @@ def _assert_the_story(client: MlflowClient, parent: Run, children: list[Run], tm
     names = sorted(c.info.run_name for c in children)
     assert [n.split()[0] for n in names] == [f"t{i:02d}" for i in range(1, len(children) + 1)]
     for child in children:
-        choice = child.data.params["loss.aux.ce.weight.choice"]
-        assert child.info.run_name.endswith(f" {choice}")
+        params = child.data.params
+        chosen = [params["loss.decode.extra.choice"], params["loss.aux.ce.weight.choice"]]
+        assert sorted(child.info.run_name.split()[1].split("+")) == sorted(chosen)
         png = Path(client.download_artifacts(child.info.run_id, "predictions.png", str(tmp)))
         assert png_size(png.read_bytes()) == predictions_png_size(PREVIEW_IMAGES)
 
@@ -444,7 +445,9 @@ def best_trial(parent) -> str:
 
 
 @pytest.mark.slow
-def test_multi_objective_search_writes_its_pareto_front(tmp_path: Path) -> None:
+def test_multi_objective_search_writes_its_pareto_front(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     space = write_space(
         tmp_path / "space.yaml",
         train={"epochs": 2, "lr": 0.005},
@@ -486,3 +489,7 @@ def test_multi_objective_search_writes_its_pareto_front(tmp_path: Path) -> None:
         assert load_experiment(run_dir / file).search.objectives[1] == ("val/boundary_IoU", "max")
     arts = {a.path for a in client.list_artifacts(parents[0].info.run_id)}
     assert "pareto.csv" in arts and files <= arts
+    # the review notebook draws the front
+    nb = run_notebook(uri, "e2e", tmp_path, monkeypatch)
+    (cell,) = [c for c in nb.cells if "tracking.ranking(parent)" in c.source]
+    assert any("image/png" in o.get("data", {}) for o in cell.outputs)

@@ -92,8 +92,8 @@ def main() -> int:
             cmd += ["--num-samples", str(args.num_samples), "--space", args.space]
             env = {**os.environ, "PYTHONPATH": str(ROOT)}  # this checkout, in Ray's workers too
             with log.open("w") as fh:
-                run = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
-            code = run.returncode
+                proc = subprocess.run(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
+            code = proc.returncode
             row = {"mode": mode, "seed": seed, "exit": code, "minutes": 0.0}
             row["minutes"] = round((time.perf_counter() - t0) / 60, 1)
             if code == 0:

@@ -25,7 +25,13 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tune_losses.config import ConfigError, Experiment, TrainConfig
+from tune_losses.config import (
+    CLASS_METRIC,
+    ConfigError,
+    Experiment,
+    TrainConfig,
+    class_metric_problem,
+)
 from tune_losses.data import DatasetInfo, SegmentationDataset, build_loaders
 from tune_losses.losses import LossMix
 from tune_losses.metrics import SegmentationMetrics
@@ -107,6 +113,9 @@ def build_run(
     train_loader, val_loader, info = data or build_loaders(
         exp.data, device_type=device.type, seed=cfg.seed
     )
+    problem = class_metric_problem(exp.search.metric, info.class_names)
+    if problem is not None:
+        raise ConfigError(problem)
     try:
         model = build_model(exp.model, info.num_classes).to(device)
     except (ValueError, TypeError, RuntimeError) as exc:
@@ -249,7 +258,7 @@ class Trainer:
         out["val/excluded_classes"] = float(len(res["excluded_classes"]))
         for name, iou in zip(self.info.class_names, res["iou_per_class"], strict=True):
             if not math.isnan(iou):
-                out[f"val/IoU/{name}"] = float(iou)
+                out[f"{CLASS_METRIC}{name}"] = float(iou)
         return out, metrics
 
     def epochs(self) -> Iterator[dict[str, float]]:

@@ -187,9 +187,9 @@ class SearchSpace:
             if marker_of(node) in ("choice", "grid"):
                 for label in _options(name, node):
                     variants.append({**firsts, name: label})
+        self._check_some_term()
         self.variants = [self.validate(self._concrete(chosen)) for chosen in variants]
         self._check_integer_fields(variants[2:])
-        self._check_some_term()
 
     def _concrete(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
         """The tree with each marker at ``chosen[name]`` where given, else its first value."""

@@ -118,7 +118,7 @@ def test_marker_kinds_sample_within_bounds() -> None:
         ({"decode": {"ce": {"weight": {"choice": []}}}}, "needs at least one option"),
         # a typo in a branch that the first sample might never draw is still caught at load
         (
-            {"decode": {"x": {"choice": [None, {"term": "focal", "gama": 2.0}]}}},
+            {"decode": {"ce": {}, "x": {"choice": [None, {"term": "focal", "gama": 2.0}]}}},
             "loss.decode.x.gama: Extra inputs are not permitted",
         ),
     ],

@@ -9,6 +9,7 @@ has defaults.
 from __future__ import annotations
 
 import copy
+import difflib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -17,6 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tune_losses.losses.spec import LossSpec, validate_loss
+from tune_losses.names import mlflow_name_problem
 
 
 class ConfigError(ValueError):
@@ -77,6 +79,14 @@ class DataConfig(_Strict):
     max_val: int | None = Field(None, ge=1)
     batch_size: int = Field(8, ge=1)
     num_workers: int = Field(0, ge=0)
+
+    @field_validator("classes")
+    @classmethod
+    def _storable_classes(cls, v: list[str] | None) -> list[str] | None:
+        problem = None if v is None else class_names_problem(v)
+        if problem is not None:
+            raise ValueError(problem)
+        return v
 
     @field_validator("root")
     @classmethod
@@ -184,6 +194,31 @@ SEARCH_METRICS = (
 )
 
 
+CLASS_METRIC = "val/IoU/"  # + a class name: that class's IoU, per epoch
+
+
+def class_names_problem(names: Sequence[str]) -> str | None:
+    """Why the per-class metrics of ``names`` (``val/IoU/<class>``) cannot be logged: a name
+    MLflow refuses, or two classes of one name; None when they can."""
+    for name in names:
+        problem = mlflow_name_problem(f"{CLASS_METRIC}{name}")
+        if problem is not None:
+            return f"class {name!r}: {problem}"
+    twice = sorted({n for n in names if list(names).count(n) > 1})
+    return f"class names must differ, found twice: {', '.join(twice)}" if twice else None
+
+
+def class_metric_problem(metric: str, class_names: Sequence[str]) -> str | None:
+    """Why ``search.metric`` names no class of the data (with the close names), or None;
+    the class list is known once the data is read, so the run builder asks this."""
+    if not metric.startswith(CLASS_METRIC) or metric[len(CLASS_METRIC) :] in class_names:
+        return None
+    name = metric[len(CLASS_METRIC) :]
+    close = difflib.get_close_matches(name, class_names, n=3, cutoff=0.5)
+    hint = f" (did you mean {', '.join(repr(CLASS_METRIC + c) for c in close)}?)" if close else ""
+    return f"search.metric: the data has no class {name!r}{hint}; classes: {', '.join(class_names)}"
+
+
 def best_metric_name(metric: str) -> str:
     """The best-so-far value of ``metric`` that a trial reports and MLflow keeps:
     ``val/mIoU`` -> ``best_val_mIoU``, ``val/boundary_IoU`` -> ``best_val_boundary_IoU``."""
@@ -208,7 +243,7 @@ class SearchConfig(_Strict):
     @classmethod
     def _known_metric(cls, v: str | list[str]) -> str | list[str]:
         for name in [v] if isinstance(v, str) else v:
-            if name not in SEARCH_METRICS and not name.startswith(("val/IoU/", "train/loss")):
+            if name not in SEARCH_METRICS and not name.startswith((CLASS_METRIC, "train/loss")):
                 raise ValueError(
                     f"unknown metric {name!r}; known: {', '.join(SEARCH_METRICS)}, val/IoU/<class>"
                 )
@@ -288,6 +323,8 @@ class Experiment(_Strict):
             if head not in heads:
                 hint = " (set model.aux_head: true)" if head == "aux" else ""
                 raise ValueError(f"loss.{head}: the model has no head {head!r}{hint}")
+        if not any(self.loss.values()):  # a head with no term is off; a loss needs one
+            raise ValueError("loss: every term is switched off; a run needs at least one term")
         return self
 
 
@@ -307,12 +344,17 @@ def format_validation_error(exc: ValidationError, source: str = "") -> str:
 
 
 def read_yaml(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping; a missing, unreadable or non-mapping file is a ConfigError."""
+    """Read a YAML mapping; a missing, unreadable, non-UTF-8 or non-mapping file is a
+    ConfigError naming the file."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start})"
+        ) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

@@ -25,7 +25,14 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from tune_losses.config import ConfigError, Experiment, TrainConfig, best_metric_name
+from tune_losses.config import (
+    CLASS_METRIC,
+    ConfigError,
+    Experiment,
+    TrainConfig,
+    best_metric_name,
+    class_metric_problem,
+)
 from tune_losses.data import DatasetInfo, SegmentationDataset, build_loaders
 from tune_losses.losses import LossMix
 from tune_losses.metrics import SegmentationMetrics
@@ -109,6 +116,10 @@ def build_run(
     train_loader, val_loader, info = data or build_loaders(
         exp.data, device_type=device.type, seed=cfg.seed
     )
+    for metric, _ in exp.search.objectives:
+        problem = class_metric_problem(metric, info.class_names)
+        if problem is not None:
+            raise ConfigError(problem)
     try:
         model = build_model(exp.model, info.num_classes).to(device)
     except (ValueError, TypeError, RuntimeError) as exc:
@@ -260,7 +271,7 @@ class Trainer:
         out["val/excluded_classes"] = float(len(res["excluded_classes"]))
         for name, iou in zip(self.info.class_names, res["iou_per_class"], strict=True):
             if not math.isnan(iou):
-                out[f"val/IoU/{name}"] = float(iou)
+                out[f"{CLASS_METRIC}{name}"] = float(iou)
         return out, metrics
 
     @torch.no_grad()

@@ -22,7 +22,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, TypeAdapter, model_validator
 
-NonNegative = Annotated[float, Field(ge=0.0)]
+NonNegative = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
 
 
 class Schedule(BaseModel):
@@ -36,6 +36,14 @@ class Schedule(BaseModel):
     def at(self, p: float) -> float:
         """Weight at progress ``p`` in [0, 1]."""
         raise NotImplementedError
+
+    def always_zero(self) -> bool:
+        """Whether the weight is 0 all through training: every family is monotone between
+        its knots (0, 1 and a step's milestones), so the values there decide."""
+        return all(self.at(p) == 0.0 for p in self._knots())
+
+    def _knots(self) -> tuple[float, ...]:
+        return (0.0, 1.0)
 
 
 class Constant(Schedule):
@@ -77,8 +85,8 @@ class Exp(Schedule):
     """Geometric interpolation ``start (end / start)^p``; both ends > 0."""
 
     schedule: Literal["exp"] = Field("exp", repr=False)
-    start: float = Field(gt=0.0)
-    end: float = Field(gt=0.0)
+    start: float = Field(gt=0.0, allow_inf_nan=False)
+    end: float = Field(gt=0.0, allow_inf_nan=False)
 
     def at(self, p: float) -> float:
         return self.start * (self.end / self.start) ** p
@@ -106,6 +114,9 @@ class Step(Schedule):
 
     def at(self, p: float) -> float:
         return self.values[bisect.bisect_right(self.milestones, p)]
+
+    def _knots(self) -> tuple[float, ...]:
+        return (0.0, *self.milestones, 1.0)
 
 
 class Warmup(Schedule):
@@ -139,11 +150,11 @@ def _weight_kind(value: Any) -> str:
 
 
 Weight = Annotated[
-    Annotated[float, Field(ge=0.0, strict=True), Tag("number")]
+    Annotated[NonNegative, Field(strict=True), Tag("number")]
     | Annotated[AnySchedule, Tag("schedule")],
     Discriminator(_weight_kind),
 ]
-"""A loss weight: a number >= 0 (not a bool, not a string), or a schedule mapping."""
+"""A loss weight: a finite number >= 0 (not a bool, not a string), or a schedule mapping."""
 
 _WEIGHT = TypeAdapter(Weight)
 

@@ -31,8 +31,11 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from tune_losses.config import ConfigError, Experiment, validate_experiment
+from tune_losses.names import mlflow_name_problem
 
 MARKERS = ("uniform", "loguniform", "int", "choice", "grid")
+FLOAT_MARKERS = ("uniform", "loguniform")
+_FRACTIONAL = "Input should be a valid integer, got a number with a fractional part"
 
 
 class SuggestTrial(Protocol):
@@ -73,9 +76,13 @@ def _options(name: str, node: Mapping[str, Any]) -> dict[str, Any]:
     raw = next(iter(node.values()))
     if isinstance(raw, Mapping):
         opts = {str(k): v for k, v in raw.items()}
+        for label in opts:  # a label names the parameters of its option's markers
+            problem = mlflow_name_problem(label)
+            if problem is not None:
+                raise ConfigError(f"{name}: option {problem}")
     elif isinstance(raw, list):
         labels = [_label(o, i) for i, o in enumerate(raw)]
-        if len(set(labels)) != len(labels):
+        if len(set(labels)) != len(labels) or any(map(mlflow_name_problem, labels)):
             labels = [f"option{i}" for i in range(len(raw))]
         opts = dict(zip(labels, raw, strict=True))
     else:
@@ -180,10 +187,59 @@ class SearchSpace:
             if marker_of(node) in ("choice", "grid"):
                 for label in _options(name, node):
                     variants.append({**firsts, name: label})
-        self.variants = [
-            self.validate(_resolve(self.raw, "", lambda n, node, c=chosen: _pick(c, n, node)))
-            for chosen in variants
-        ]
+        self._check_some_term()
+        self.variants = [self.validate(self._concrete(chosen)) for chosen in variants]
+        self._check_integer_fields(variants[2:])
+
+    def _concrete(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
+        """The tree with each marker at ``chosen[name]`` where given, else its first value."""
+        return _resolve(self.raw, "", lambda n, node: _pick(chosen, n, node))
+
+    def _check_integer_fields(self, options: list[dict[str, Any]]) -> None:
+        """Validate every branch once more with each uniform/loguniform marker at a fractional
+        inner point: on a field that takes integers (``train.epochs``) the error says to use
+        ``int`` rather than failing the trials that draw a fraction."""
+        inner = {
+            name: _fractional(*_bounds(name, node))
+            for name, node in self.markers
+            if marker_of(node) in FLOAT_MARKERS
+        }
+        if not inner:
+            return
+        for chosen in [{}, *options]:
+            try:
+                self.validate(self._concrete({**chosen, **inner}))
+            except ConfigError as exc:
+                if _FRACTIONAL not in str(exc):
+                    raise
+                hint = "takes an integer but a uniform marker draws fractions; use {int: [lo, hi]}"
+                raise ConfigError(str(exc).replace(_FRACTIONAL, hint)) from None
+
+    def _check_some_term(self) -> None:
+        """Refuse a space whose choices can switch every loss term off (a head with no term
+        is simply off; a loss with none cannot train). Terms add up over the independent
+        options, so picking each choice's sparsest option, inner choices first, finds the
+        fewest terms any trial can have."""
+        chosen: dict[str, Any] = {}
+        for name, node in reversed(self.markers):
+            if name.startswith("loss") and marker_of(node) in ("choice", "grid"):
+                chosen[name] = min(
+                    _options(name, node),
+                    key=lambda label, n=name: _count_terms(self._concrete({**chosen, n: label})),
+                )
+        picked: list[str] = []
+
+        def record(name: str, node: Mapping[str, Any]) -> Any:
+            value = _pick(chosen, name, node)
+            if marker_of(node) in ("choice", "grid") and name.startswith("loss"):
+                picked.append(f"{name}: {value}")
+            return value
+
+        if chosen and _count_terms(_resolve(self.raw, "", record)) == 0:
+            raise ConfigError(
+                f"loss: choosing {', '.join(picked)} switches every term off; "
+                "a trial needs at least one term (a head with no term is simply off)"
+            )
 
     @staticmethod
     def _first(name: str, node: Mapping[str, Any], *, high: bool = False) -> Any:
@@ -282,6 +338,20 @@ def _pick(chosen: Mapping[str, Any], name: str, node: Mapping[str, Any]) -> Any:
     if kind in ("choice", "grid"):
         return value if value in _options(name, node) else SearchSpace._first(name, node)
     return SearchSpace._first(name, node) if value is None else value
+
+
+def _fractional(lo: float, hi: float) -> float:
+    """A point inside ``[lo, hi]`` that is no integer (``hi - lo`` times an irrational)."""
+    return lo + (hi - lo) * (math.sqrt(5.0) - 1.0) / 2.0
+
+
+def _count_terms(concrete: Mapping[str, Any]) -> int:
+    """How many loss terms a concrete tree switches on (a term that is None is off)."""
+    loss = concrete.get("loss", {"decode": {"ce": {}}})  # the config's default: one term
+    if not isinstance(loss, Mapping):
+        return 1  # not a loss mapping: validation names the problem
+    heads = [h for h in loss.values() if isinstance(h, Mapping)]
+    return sum(spec is not None for head in heads for spec in head.values())
 
 
 def _opts_of(node: Mapping[str, Any]) -> list[Any]:

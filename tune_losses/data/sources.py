@@ -15,7 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from tune_losses.config import DataConfig
+from tune_losses.config import DataConfig, class_names_problem
 from tune_losses.data.stats import SplitSummary
 from tune_losses.data.validate import DataError
 
@@ -98,6 +98,9 @@ def read_classes(cfg: DataConfig) -> ClassSpec:
         names = [f"class_{i}" for i in range(len(cfg.palette))]
     if not names:
         raise DataError(f"{path}: not found or without 'classes', and data.classes is not set")
+    problem = class_names_problem([str(n) for n in names]) if cfg.classes is None else None
+    if problem is not None:  # data.classes is checked with the config
+        raise DataError(f"{path}: {problem}")
     if cfg.classes is not None and file_names is not None and len(file_names) != len(names):
         raise DataError(f"{path}: {len(file_names)} classes but data.classes lists {len(names)}")
     palette_raw = cfg.palette if cfg.palette is not None else data.get("palette")

@@ -15,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -23,10 +24,12 @@ from pydantic import (
     ConfigDict,
     SerializerFunctionWrapHandler,
     ValidationError,
+    field_validator,
     model_serializer,
 )
 
-from tune_losses.schedules import WEIGHT_TAGS, Weight
+from tune_losses.names import key_problem
+from tune_losses.schedules import WEIGHT_TAGS, Weight, build_schedule
 
 from .class_weights import WeightMethod
 from .registry import LossFn, get_loss, one_line, options_model, validate_options
@@ -49,6 +52,16 @@ class TermSpec(BaseModel):
     term: str | None = None
     class_weights: WeightMethod | list[float] | None = None
     options: dict[str, Any] = {}
+
+    @field_validator("class_weights")
+    @classmethod
+    def _weights_that_count(cls, v: str | list[float] | None) -> str | list[float] | None:
+        if isinstance(v, list):
+            if not all(math.isfinite(w) and w >= 0 for w in v):
+                raise ValueError(f"class weights must be finite and >= 0, got {v}")
+            if not any(v):
+                raise ValueError(f"class weights are all 0, so no pixel would count: {v}")
+        return v
 
     def name(self, key: str) -> str:
         """The registry name or dotted path of the term stored under ``key``."""
@@ -103,15 +116,24 @@ def validate_loss(raw: Any) -> LossSpec:
     """Check a whole loss mapping; a term that is ``None`` is switched off, a TermSpec kept.
 
     Raises ``ValueError`` with one line naming the field (``loss.<head>.<term>.<field>: ...``).
+    A head or term key must be able to name MLflow params and metrics; a head whose every
+    weight is 0 all through training would not learn, so it is an error (a head with no
+    term is simply off).
     """
     if not isinstance(raw, Mapping) or not raw:
         raise ValueError("loss must map head names to terms, e.g. {decode: {ce: {weight: 1}}}")
     out: LossSpec = {}
     for head, terms in raw.items():
+        problem = key_problem(str(head))
+        if problem is not None:
+            raise ValueError(f"loss.{head}: {problem}")
         if not isinstance(terms, Mapping):
             raise ValueError(f"loss.{head}: expected a mapping of terms, got {terms!r}")
         out[str(head)] = {}
         for key, spec in terms.items():
+            problem = key_problem(str(key))
+            if problem is not None:
+                raise ValueError(f"loss.{head}.{key}: {problem}")
             if spec is None:  # a term switched off (e.g. the "none" choice of a search)
                 continue
             try:
@@ -121,4 +143,14 @@ def validate_loss(raw: Any) -> LossSpec:
             except ValueError as exc:
                 raise ValueError(f"loss.{head}.{key}: {exc}") from None
             out[str(head)][str(key)] = checked
+        _check_some_weight(str(head), out[str(head)])
     return out
+
+
+def _check_some_weight(head: str, terms: Mapping[str, TermSpec]) -> None:
+    """Refuse a head whose terms all weigh 0 all through training (nothing would train it)."""
+    if terms and all(build_schedule(t.weight).always_zero() for t in terms.values()):
+        raise ValueError(
+            f"loss.{head}: every term's weight is 0, so nothing trains this head; "
+            "give one a weight > 0, or switch its terms off (null)"
+        )

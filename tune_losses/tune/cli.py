@@ -15,11 +15,12 @@ import shlex
 import signal
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from tune_losses.config import ConfigError, apply_overrides, read_yaml
@@ -108,6 +109,20 @@ def dry_run(space: SearchSpace, n: int = 3) -> None:
         print(yaml.safe_dump({"loss": concrete["loss"]}, sort_keys=False), end="")
         with contextlib.suppress(RuntimeError):  # an exhausted grid stops the study
             study.tell(trial, 0.0)
+
+
+def check_resources(space: SearchSpace, available: Mapping[str, float], where: str) -> None:
+    """Refuse a trial that asks for more CPUs or GPUs (of those in ``available``) than
+    ``where`` has: Ray would keep every trial pending forever."""
+    cfg = space.experiment.search
+    for key in available:
+        field = f"search.{key.lower()}s_per_trial"
+        asked = {"CPU": cfg.cpus_per_trial, "GPU": cfg.gpus_per_trial}.get(key, 0.0)
+        if asked > available[key]:
+            raise ConfigError(
+                f"{space.source}: {field}: {asked:g} {key} per trial, but {where} has "
+                f"{available[key]:g}; no trial could start"
+            )
 
 
 @dataclass
@@ -214,6 +229,7 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # "local" starts a fresh instance even where `ray start` left a cluster address behind
     ray.init(address=args.address or "local", ignore_reinit_error=True, log_to_driver=False)
+    check_resources(space, ray.cluster_resources(), "the Ray cluster")
     # after ray.init, which installs its own: a SIGTERM (a job scheduler, a timeout)
     # ends the search like Ctrl-C, runs KILLED and the state saved for --resume
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
@@ -366,6 +382,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         space = load_space(args)
         preflight(space.variants, space.source)
+        if not args.address:  # local Ray sees the GPUs torch sees: refuse before any run
+            check_resources(space, {"GPU": float(torch.cuda.device_count())}, "this machine")
         if args.dry_run:
             dry_run(space)
             return 0

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -270,8 +272,78 @@ def test_interrupted_search_resumes_into_the_same_runs(tmp_path: Path) -> None:
     assert len(children) == 3
     for child in children:
         assert child.info.status == "FINISHED"
+        assert_one_value_per_step(client, child)
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
-        assert sorted(set(steps)) == list(range(1, 7)), steps
+        assert steps == list(range(1, 7)), steps
+
+
+def assert_one_value_per_step(client: MlflowClient, child: Any) -> None:
+    """Every metric of a child: steps strictly increasing (no step logged twice), and
+    ``best_val_mIoU`` the max of the logged ``val/mIoU`` history."""
+    for key in child.data.metrics:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+        assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), (key, steps)
+    curve = [m.value for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
+    assert child.data.metrics["best_val_mIoU"] == max(curve)
+
+
+def start_search(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """The search CLI in its own session (so what it leaves behind can be stopped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tune_losses.search", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def sigkill_after(proc: subprocess.Popen[str], marker: str) -> str:
+    """``kill -9`` the driver once ``marker`` is printed, then whatever it started
+    (its session: local Ray); returns what it printed."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return "".join(seen)
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_with_one_value_per_step(tmp_path: Path) -> None:
+    """SIGKILL of the driver once a trial has reported twice (Ray's last snapshot may be
+    older), then --resume: the reopened runs end FINISHED, no step logged twice."""
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": 4, "lr": 0.005},
+        search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    args += ["--storage", str(tmp_path / "ray")]
+    out = sigkill_after(start_search(tmp_path, *args), "epoch 2/4")
+    assert "epoch 2/4" in out, out[-3000:]
+    client, parents, children = runs_of(uri)
+    assert parents[0].info.status == "RUNNING"  # SIGKILL: nothing could close them
+    assert "RUNNING" in {c.info.status for c in children}
+
+    done = run_cli(tmp_path, *args, "--resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client, parents, children = runs_of(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    assert len({c.data.tags["ray.trial_id"] for c in children}) == 3
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert_one_value_per_step(client, child)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
+        assert steps == list(range(1, 5)), steps
 
 
 @pytest.mark.slow

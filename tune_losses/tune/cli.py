@@ -114,12 +114,12 @@ class _Search:
 
     name: str
     storage: str
-    run_dir: Path
+    run_dir: str  # a path or a URI (run_state reads and writes both through pyarrow.fs)
     state: dict[str, Any]
 
     @property
     def local(self) -> bool:
-        return "://" not in self.storage
+        return not run_state.is_uri(self.storage)
 
 
 def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
@@ -131,18 +131,37 @@ def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
             file=sys.stderr,
         )
     if args.resume:
-        run_dir = run_state.resume_dir(storage, args.space, args.resume)
-        return _Search(run_dir.name, storage, run_dir, run_state.read_state(run_dir))
+        return _resumed(args, storage)
     exp = space.experiment
     name = run_state.new_name(args.space)
     state = {
         "tracking_uri": exp.tracking.uri,
         "experiment": exp.tracking.experiment,
         "space": str(args.space),
+        "space_sha256": run_state.space_hash(args.space),
+        "overrides": list(args.overrides),
+        "num_samples": exp.search.num_samples,
         "total": space.grid_size() or exp.search.num_samples,
         "max_epochs": space.max_epochs,
     }
-    return _Search(name, storage, Path(storage) / name, state)
+    return _Search(name, storage, run_state.join(storage, name), state)
+
+
+def _resumed(args: argparse.Namespace, storage: str) -> _Search:
+    """The saved search ``--resume`` names, refused (one line) where the command
+    contradicts it: another space file, other ``--set``, ``--num-samples``, store."""
+    run_dir = run_state.resume_dir(storage, args.space, args.resume)
+    state = run_state.read_state(run_dir)
+    flags = {
+        "--num-samples": ("num_samples", args.num_samples),
+        "--tracking-uri": ("tracking_uri", args.tracking_uri),
+        "--experiment": ("experiment", args.experiment),
+    }
+    name = run_dir.rstrip("/").rsplit("/", 1)[-1]
+    run_state.check_resume(
+        state, name, space_file=args.space, overrides=args.overrides, flags=flags
+    )
+    return _Search(name, storage, run_dir, state)
 
 
 def _connect(search: _Search) -> Any:
@@ -170,8 +189,7 @@ def _open_parent(
     params.update({f"search.{k}": v for k, v in exp.search.model_dump().items()})
     tracker.start(exp.tracking.run_name or search.name, params, args.space)
     search.state["parent_run_id"] = tracker.parent_id
-    if search.local:
-        run_state.write_state(search.run_dir, search.state)
+    run_state.write_state(search.run_dir, search.state)
 
 
 def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker: Any) -> Any:
@@ -201,7 +219,13 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker:
         tuner = restore_tuner(search.run_dir, trainable)
     else:
         logger = TrialLogger(tracker, search.state["max_epochs"])
-        study = study_storage(cfg, search.run_dir if search.local else None)
+        if not search.local and cfg.optuna_storage is None:
+            print(
+                f"note: the Optuna study is kept in memory (--storage {search.storage} is "
+                "not a local folder); set search.optuna_storage to store it",
+                file=sys.stderr,
+            )
+        study = study_storage(cfg, Path(search.run_dir) if search.local else None)
         tuner = new_tuner(space, trainable, search.name, search.storage, logger, study)
     return tuner.fit()
 
@@ -239,9 +263,8 @@ def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> i
         best = {best_metric_name(metric): ok[0].best, "best_trial": ok[0].trial_id}
     tracker.finish(leaderboard_csv(leaderboard_rows(trials)), best_yaml, best)
     print_leaderboard(trials, f"Leaderboard of {search.name} (best {metric}, {mode})")
-    if best_yaml is not None and search.local:
-        (search.run_dir / "best_config.yaml").write_text(best_yaml)
-        print(f"best config: {search.run_dir / 'best_config.yaml'}")
+    if best_yaml is not None:
+        print(f"best config: {run_state.write_text(search.run_dir, 'best_config.yaml', best_yaml)}")
     print(f"review it:  mlflow ui --backend-store-uri {search.state['tracking_uri']}")
     return 0 if ok else 1
 
@@ -270,7 +293,19 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
             file=sys.stderr,
         )
         return 130
-    return _summarize(search, tracker, results, space.experiment.search.scheduler)
+    code = _summarize(search, tracker, results, space.experiment.search.scheduler)
+    if code != 0:
+        _say_first_failure(tracker)
+    return code
+
+
+def _say_first_failure(tracker: Any) -> None:
+    """A search where no trial finished: the first trial's failure, one line on stderr."""
+    from tune_losses.tracking import failure_reasons
+
+    reasons = failure_reasons(tracker.client, tracker.experiment_id, tracker.parent_id)
+    if reasons:
+        print(f"error: no trial finished; the first failure: {reasons[0]}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -187,6 +187,6 @@ def _run_config(
     )
 
 
-def restore_tuner(run_dir: Path, trainable: Callable[..., Any]) -> tune.Tuner:
+def restore_tuner(run_dir: str, trainable: Callable[..., Any]) -> tune.Tuner:
     """The Tuner of an interrupted search, unfinished and errored trials continued."""
-    return tune.Tuner.restore(str(run_dir), trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=True)

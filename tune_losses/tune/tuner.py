@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -76,7 +77,11 @@ class TellingOptunaSearch(OptunaSearch):
             ot_trial.report(float(value), int(step))
         if state == "COMPLETE":
             return super().on_trial_complete(trial_id, result, error)
-        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState[state])
+        # GridSampler calls study.stop() once the grid is exhausted, which raises outside
+        # study.optimize; the state is stored first, so the search just goes on (as
+        # Ray's own tell path does, which catches it)
+        with contextlib.suppress(RuntimeError):
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState[state])
         self._completed_trials.add(trial_id)
         return None
 

@@ -158,3 +158,80 @@ def test_environment_tags_name_real_versions_and_the_checkout() -> None:
     if (Path(tracking.__file__).parents[1] / ".git").exists():  # run from a checkout
         assert len(tracking.git_tags()[tracking.GIT_COMMIT_TAG]) == 40
     assert tracking.git_tags(Path("/")) == {}
+
+
+def test_a_rerun_epoch_is_not_logged_twice(search: SearchTracker) -> None:
+    """A resumed trial reruns the epochs after its last kept checkpoint: each step keeps
+    one value, the first, in this driver and in a new one that adopts the child."""
+    search.trial_started("a", "train_a", _trial_config(0.5))
+    for epoch, value in ((1, 10.0), (2, 20.0), (3, 30.0)):
+        search.trial_result("a", _result(epoch, value, value), epoch)
+    search.trial_result("a", _result(3, 99.0, 99.0), 3)  # retried in this driver
+    again = SearchTracker(search.uri, search.experiment)
+    again.reopen(search.parent_id)  # the driver was killed; --resume adopts the child
+    for epoch, value in ((2, 21.0), (3, 31.0), (4, 40.0)):
+        again.trial_result("a", _result(epoch, value, value), epoch)
+    run_id = again.children["a"]
+    for key in ("val/mIoU", "epoch", "best_val_mIoU"):
+        steps = [m.step for m in again.client.get_metric_history(run_id, key)]
+        assert steps == [1, 2, 3, 4], (key, steps)
+    values = [m.value for m in again.client.get_metric_history(run_id, "val/mIoU")]
+    assert values == [10.0, 20.0, 30.0, 40.0]
+
+
+def test_an_adopted_child_gets_its_missing_params(search: SearchTracker) -> None:
+    """A child created but killed before (all) its params were logged gets them on resume;
+    a param already logged is not written again (MLflow refuses another value)."""
+    config = _trial_config(0.5)
+    run = search.client.create_run(
+        search.experiment_id,
+        tags={tracking.PARENT_TAG: search.parent_id, tracking.TRIAL_TAG: "a"},
+    )
+    search.client.log_param(run.info.run_id, "loss.decode.dice.weight", "0.5")
+    again = SearchTracker(search.uri, search.experiment)
+    again.reopen(search.parent_id)
+    again.trial_started("a", "train_a", config)
+    params = again.client.get_run(run.info.run_id).data.params
+    assert params == {k: str(v) for k, v in tracking.trial_params(config).items()}
+    arts = [a.path for a in again.client.list_artifacts(run.info.run_id)]
+    assert arts == [tracking.TRIAL_CONFIG]
+    again.trial_started("a", "train_a", config)  # nothing missing: nothing logged
+    assert again.client.get_run(run.info.run_id).data.params == params
+
+
+def test_placement_and_failure_reason_tags(search: SearchTracker) -> None:
+    search.trial_started("a", "train_a", _trial_config(0.5))
+    search.trial_placed("a", node_ip="10.0.0.2", hostname="gpu-7", device="cuda:0 (NVIDIA H100)")
+    search.trial_result("a", _result(1, 10.0, 10.0), 1)
+    error = (
+        "Failure # 1 (occurred at 2025-01-01)\nray::train_trial() (pid=1, ip=10.0.0.2)\n"
+        '  File "trainable.py", line 9, in _epochs\n'
+        "tune_losses.tune.trainable.TrialFailed: non-finite loss at epoch 2\n"
+    )
+    search.trial_ended(
+        "a",
+        failed=True,
+        last_result=_result(1, 10.0, 10.0),
+        max_epochs=3,
+        summary=None,
+        error=error,
+    )
+    run = search.client.get_run(search.children["a"])
+    tags = run.data.tags
+    assert (tags["node_ip"], tags["hostname"]) == ("10.0.0.2", "gpu-7")
+    assert tags["device"] == "cuda:0 (NVIDIA H100)"
+    assert tags["error_reason"] == "non-finite loss at epoch 2"
+    assert run.info.status == "FAILED"
+    (trial,) = load_trials(search.client, search.client.get_run(search.parent_id))
+    assert trial.stop_reason == "error: non-finite loss at epoch 2"
+    assert leaderboard_rows([trial])[0]["status"] == "FAILED"
+    assert tracking.failure_reasons(search.client, search.experiment_id, search.parent_id) == [
+        "non-finite loss at epoch 2"
+    ]
+
+
+def test_error_reason_of_any_error() -> None:
+    assert tracking.error_reason("Traceback:\n  x\nRuntimeError: boom from a user loss\n") == (
+        "RuntimeError: boom from a user loss"
+    )
+    assert tracking.error_reason(None) == "unknown error"

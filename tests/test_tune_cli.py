@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
 import os
@@ -11,6 +12,7 @@ import sys
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import optuna
 import pytest
@@ -257,8 +259,78 @@ def test_interrupted_search_resumes_into_the_same_runs(tmp_path: Path) -> None:
     assert len(children) == 3
     for child in children:
         assert child.info.status == "FINISHED"
+        assert_one_value_per_step(client, child)
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
-        assert sorted(set(steps)) == list(range(1, 7)), steps
+        assert steps == list(range(1, 7)), steps
+
+
+def assert_one_value_per_step(client: MlflowClient, child: Any) -> None:
+    """Every metric of a child: steps strictly increasing (no step logged twice), and
+    ``best_val_mIoU`` the max of the logged ``val/mIoU`` history."""
+    for key in child.data.metrics:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+        assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), (key, steps)
+    curve = [m.value for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
+    assert child.data.metrics["best_val_mIoU"] == max(curve)
+
+
+def start_search(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """The search CLI in its own session (so what it leaves behind can be stopped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tune_losses.search", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def sigkill_after(proc: subprocess.Popen[str], marker: str) -> str:
+    """``kill -9`` the driver once ``marker`` is printed, then whatever it started
+    (its session: local Ray); returns what it printed."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return "".join(seen)
+
+
+@pytest.mark.slow
+def test_killed_driver_resumes_with_one_value_per_step(tmp_path: Path) -> None:
+    """SIGKILL of the driver once a trial has reported twice (Ray's last snapshot may be
+    older), then --resume: the reopened runs end FINISHED, no step logged twice."""
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": 4, "lr": 0.005},
+        search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    args += ["--storage", str(tmp_path / "ray")]
+    out = sigkill_after(start_search(tmp_path, *args), "epoch 2/4")
+    assert "epoch 2/4" in out, out[-3000:]
+    client, parents, children = runs_of(uri)
+    assert parents[0].info.status == "RUNNING"  # SIGKILL: nothing could close them
+    assert "RUNNING" in {c.info.status for c in children}
+
+    done = run_cli(tmp_path, *args, "--resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client, parents, children = runs_of(uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    assert len({c.data.tags["ray.trial_id"] for c in children}) == 3
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert_one_value_per_step(client, child)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
+        assert steps == list(range(1, 5)), steps
 
 
 @pytest.mark.slow
@@ -493,3 +565,84 @@ def test_multi_objective_search_writes_its_pareto_front(
     nb = run_notebook(uri, "e2e", tmp_path, monkeypatch)
     (cell,) = [c for c in nb.cells if "tracking.ranking(parent)" in c.source]
     assert any("image/png" in o.get("data", {}) for o in cell.outputs)
+
+
+NAN_LOSS = (
+    "def maybe_nan(logits, target, *, fail=False, ignore_index=255):\n"
+    "    # finite on the driver's one-image check, NaN on a training batch when fail\n"
+    "    bad = fail and logits.shape[0] > 1\n"
+    "    return logits.sum() * 0 + (float('nan') if bad else 0.0)\n"
+)
+
+
+@pytest.mark.slow
+def test_a_trial_whose_loss_goes_nan_fails_and_the_search_goes_on(tmp_path: Path) -> None:
+    (tmp_path / "nan_loss.py").write_text(NAN_LOSS)
+    term = {"term": "nan_loss:maybe_nan", "weight": 1.0, "fail": {"grid": [False, True]}}
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": 2, "lr": 0.005},
+        search={"max_concurrent": 2, "scheduler": "fifo"},
+        loss={"decode": {"ce": {"weight": 1.0}, "odd": term}},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    proc = run_cli(tmp_path, *args, "--storage", str(tmp_path / "ray"), path=str(tmp_path))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    client, parents, children = runs_of(uri)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    by_fail = {c.data.params["loss.decode.odd.fail"]: c for c in children}
+    assert sorted(by_fail) == ["False", "True"]
+    bad, good = by_fail["True"], by_fail["False"]
+    assert bad.info.status == "FAILED" and good.info.status == "FINISHED"
+    assert bad.data.tags["error_reason"] == "non-finite loss at epoch 1"
+    # where it ran comes with a trial's first result (the failed one reported none)
+    assert good.data.tags["device"] == "cpu" and good.data.tags["hostname"]
+    assert good.data.tags["node_ip"]
+    assert "val/mIoU" not in bad.data.metrics
+    board = client.download_artifacts(parents[0].info.run_id, "leaderboard.csv", str(tmp_path))
+    rows = {r["trial"]: r for r in csv.DictReader(Path(board).open())}
+    assert rows[bad.info.run_name]["status"] == "FAILED"
+    assert rows[bad.info.run_name]["stop_reason"] == "error: non-finite loss at epoch 1"
+
+    # every trial failing: exit 1, the first reason one line on stderr
+    only_bad = ["--set", "loss.decode.odd.fail=true", "--storage", str(tmp_path / "ray2")]
+    proc = run_cli(tmp_path, *args, *only_bad, path=str(tmp_path))
+    assert proc.returncode == 1, proc.stdout[-3000:] + proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last == "error: no trial finished; the first failure: non-finite loss at epoch 1"
+
+
+@pytest.mark.slow
+def test_search_on_a_file_uri_storage_resumes(tmp_path: Path) -> None:
+    """--storage file://...: state, checkpoints and best_config.yaml through pyarrow.fs;
+    interrupted, then resumed from the latest search found by listing that URI."""
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": 3, "lr": 0.005},
+        search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo"},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    args += ["--storage", f"file://{tmp_path / 'remote'}"]
+    proc = start_search(tmp_path, *args)
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if "epoch 1/3" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out = "".join(seen) + proc.communicate(timeout=300)[0]
+    assert proc.returncode == 130, out[-3000:]
+    assert "Optuna study is kept in memory" in out
+    (run_dir,) = (tmp_path / "remote").iterdir()
+    assert (run_dir / "tune_losses.json").is_file() and not (run_dir / "optuna.db").exists()
+
+    done = run_cli(tmp_path, *args, "--resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert (run_dir / "best_config.yaml").is_file()
+    client, parents, children = runs_of(uri)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert [c.info.status for c in children] == ["FINISHED", "FINISHED"]
+    for child in children:
+        assert_one_value_per_step(client, child)

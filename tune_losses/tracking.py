@@ -40,6 +40,11 @@ TRIAL_TAG = "ray.trial_id"
 STOP_TAG = "stop_reason"
 EPOCHS_TAG = "epochs_run"
 ERROR_TAG = "error"
+ERROR_REASON_TAG = "error_reason"  # one line: "non-finite loss at epoch 3", "out of memory"
+NODE_IP_TAG = "node_ip"  # where the trial last ran (its node, host and torch device)
+HOSTNAME_TAG = "hostname"
+DEVICE_TAG = "device"
+STEP_METRIC = "epoch"  # logged at every step: its history tells the last step logged
 CLONED_TAG = "pbt.cloned_from"  # the last PBT exploit: "<donor trial>@<epoch>"
 LINEAGE_TAG = "pbt.lineage"  # every exploit, oldest first, comma-separated
 BEST_METRIC = "best_val_mIoU"
@@ -197,6 +202,7 @@ class SearchTracker(_Writer):
         super().__init__(uri, experiment)
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}
+        self.logged_through: dict[str, int] = {}  # trial id -> last step logged
 
     # ------------------------------------------------------------------ parent
     def start(self, run_name: str, params: Mapping[str, Any], space_file: Path) -> str:
@@ -283,6 +289,7 @@ class SearchTracker(_Writer):
         """Open the trial's child run (or reopen it after a restore): params and config."""
         if trial_id in self.children:  # restored or retried: same run continues
             self.client.update_run(self.children[trial_id], status="RUNNING")
+            self._complete_params(self.children[trial_id], config)
             return
         run = self.client.create_run(
             self.experiment_id,
@@ -291,6 +298,7 @@ class SearchTracker(_Writer):
         )
         run_id = run.info.run_id
         self.children[trial_id] = run_id
+        self.logged_through[trial_id] = 0
         self.log_params(run_id, trial_params(config))
         text = yaml.safe_dump(config.get("experiment", {}), sort_keys=False)
         self.client.log_text(run_id, text, TRIAL_CONFIG)
@@ -306,13 +314,47 @@ class SearchTracker(_Writer):
             target.write_bytes(Path(png).read_bytes())
             self.client.log_artifact(run_id, str(target))
 
+    def _complete_params(self, run_id: str, config: Mapping[str, Any]) -> None:
+        """Log the params an adopted child lacks (its search was killed before they were
+        all written); MLflow refuses a param logged again with another value."""
+        logged = self.client.get_run(run_id).data.params
+        missing = {k: v for k, v in trial_params(config).items() if k not in logged}
+        if not missing:
+            return
+        self.log_params(run_id, missing)
+        if not any(a.path == TRIAL_CONFIG for a in self.client.list_artifacts(run_id)):
+            text = yaml.safe_dump(config.get("experiment", {}), sort_keys=False)
+            self.client.log_text(run_id, text, TRIAL_CONFIG)
+
+    def _last_step(self, trial_id: str, run_id: str) -> int:
+        """The last step logged for a trial: remembered, or read back from MLflow (the
+        ``epoch`` history) for a child adopted on resume."""
+        if trial_id not in self.logged_through:
+            history = self.client.get_metric_history(run_id, STEP_METRIC)
+            self.logged_through[trial_id] = max((int(m.step) for m in history), default=0)
+        return self.logged_through[trial_id]
+
     def trial_result(self, trial_id: str, result: Mapping[str, Any], step: int) -> None:
-        """Log one reported epoch of a trial at ``step``."""
+        """Log one reported epoch of a trial at ``step``, unless that step is logged already.
+
+        A trial resumed from a checkpoint older than its last report (the driver was
+        killed, a worker lost) reruns those epochs exactly; MLflow would keep both values,
+        so one value per step stays in the store: the first."""
         run_id = self.children.get(trial_id)
-        if run_id is None:
+        if run_id is None or step <= self._last_step(trial_id, run_id):
             return
         ts = int(1000 * float(result.get("timestamp", time.time())))
         self.log_metrics(run_id, result, step, ts)
+        self.logged_through[trial_id] = step
+
+    def trial_placed(self, trial_id: str, *, node_ip: str, hostname: str, device: str) -> None:
+        """Tag the trial's child run with where it (last) ran: node IP, host, torch device."""
+        run_id = self.children.get(trial_id)
+        if run_id is None:
+            return
+        tags = {NODE_IP_TAG: node_ip, HOSTNAME_TAG: hostname, DEVICE_TAG: device}
+        for key, value in tags.items():
+            self.client.set_tag(run_id, key, value)
 
     def trial_cloned(self, trial_id: str, donor: str) -> None:
         """Record that PBT restarted the trial from ``donor`` (``"<trial>@<epoch>"``)."""
@@ -343,6 +385,8 @@ class SearchTracker(_Writer):
         self.client.set_tag(run_id, EPOCHS_TAG, str(int(last_result.get("epoch", 0))))
         if error:
             self.client.set_tag(run_id, ERROR_TAG, error[:5000])
+        if failed:
+            self.client.set_tag(run_id, ERROR_REASON_TAG, error_reason(error))
         if summary is not None:
             self.log_best_epoch(run_id, summary)
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)
@@ -384,6 +428,23 @@ def _git(root: Path, *args: str) -> str:
     return done.stdout.strip()
 
 
+_FAILURE_LINE = re.compile(r"^(?:[\w.]+\.)?(\w+): (.+)$")
+
+
+def error_reason(error: str | None) -> str:
+    """One line saying why a trial failed, from Ray's error text: the message of a
+    ``TrialFailed`` (``non-finite loss at epoch 3``, ``out of memory at epoch 1``), else
+    the last ``Type: message`` line of the traceback."""
+    lines = [line.strip() for line in (error or "").splitlines() if line.strip()]
+    found = [m for m in map(_FAILURE_LINE.match, lines) if m]
+    for match in reversed(found):
+        if match.group(1) == "TrialFailed":
+            return match.group(2)[:500]
+    if found:
+        return f"{found[-1].group(1)}: {found[-1].group(2)}"[:500]
+    return lines[-1][:500] if lines else "unknown error"
+
+
 # --------------------------------------------------------------------------- reading
 
 
@@ -403,6 +464,13 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> 
         token = page.token
         if not token:
             return runs
+
+
+def failure_reasons(client: MlflowClient, experiment_id: str, parent_id: str) -> list[str]:
+    """The ``error_reason`` of every FAILED child of a search, oldest first."""
+    query = f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'FAILED'"
+    runs = reversed(search_all(client, experiment_id, query))
+    return [r.data.tags.get(ERROR_REASON_TAG, "unknown error") for r in runs]
 
 
 def open_client(uri: str) -> MlflowClient:
@@ -532,7 +600,7 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
                 run_id=child.info.run_id,
                 name=child.info.run_name or child.info.run_id[:8],
                 status=child.info.status,
-                stop_reason=tags.get(STOP_TAG, ""),
+                stop_reason=_stop_text(tags),
                 epochs_run=tags.get(EPOCHS_TAG, ""),
                 best=values[metric],
                 params={k: v for k, v in child.data.params.items() if k.startswith(PARAM_PREFIX)},
@@ -558,6 +626,12 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
         )
     )
     return trials
+
+
+def _stop_text(tags: Mapping[str, str]) -> str:
+    """The leaderboard's stop reason: the tag, with the failure's reason when it failed."""
+    reason = tags.get(STOP_TAG, "")
+    return f"{reason}: {tags[ERROR_REASON_TAG]}" if ERROR_REASON_TAG in tags else reason
 
 
 LEADERBOARD_COLUMNS = ("rank", "trial", "run_id", "status", STOP_TAG, EPOCHS_TAG, BEST_METRIC)

@@ -23,7 +23,14 @@ from tune_losses.tracking import (
     short_names,
     trial_run_name,
 )
-from tune_losses.tune.trainable import CLONED_FROM, EXPERIMENT_KEY, trial_values
+from tune_losses.tune.trainable import (
+    CLONED_FROM,
+    DEVICE,
+    EXPERIMENT_KEY,
+    HOSTNAME,
+    NODE_IP,
+    trial_values,
+)
 
 
 class TrialLogger(tune.Callback):
@@ -75,6 +82,13 @@ class TrialLogger(tune.Callback):
     ) -> None:
         step = int(result.get("training_iteration", result.get("epoch", 0)))
         self.tracker.trial_result(trial.trial_id, result, step)
+        if NODE_IP in result:  # the first result of a (re)started trainable
+            self.tracker.trial_placed(
+                trial.trial_id,
+                node_ip=str(result[NODE_IP]),
+                hostname=str(result.get(HOSTNAME, "")),
+                device=str(result.get(DEVICE, "")),
+            )
         if CLONED_FROM in result:
             self.tracker.trial_cloned(trial.trial_id, str(result[CLONED_FROM]))
             self._say(f"{trial.trial_id} cloned from {result[CLONED_FROM]} (PBT exploit)")

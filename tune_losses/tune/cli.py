@@ -131,12 +131,12 @@ class _Search:
 
     name: str
     storage: str
-    run_dir: Path
+    run_dir: str  # a path or a URI (run_state reads and writes both through pyarrow.fs)
     state: dict[str, Any]
 
     @property
     def local(self) -> bool:
-        return "://" not in self.storage
+        return not run_state.is_uri(self.storage)
 
 
 def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
@@ -148,19 +148,38 @@ def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
             file=sys.stderr,
         )
     if args.resume:
-        run_dir = run_state.resume_dir(storage, args.space, args.resume)
-        return _Search(run_dir.name, storage, run_dir, run_state.read_state(run_dir))
+        return _resumed(args, storage)
     exp = space.experiment
     name = run_state.new_name(args.space)
     state = {
         "tracking_uri": exp.tracking.uri,
         "experiment": exp.tracking.experiment,
         "space": str(args.space),
+        "space_sha256": run_state.space_hash(args.space),
+        "overrides": list(args.overrides),
+        "num_samples": exp.search.num_samples,
         "total": space.grid_size() or exp.search.num_samples,
         "max_epochs": space.max_epochs,
         "command": reproduce_command(args),
     }
-    return _Search(name, storage, Path(storage) / name, state)
+    return _Search(name, storage, run_state.join(storage, name), state)
+
+
+def _resumed(args: argparse.Namespace, storage: str) -> _Search:
+    """The saved search ``--resume`` names, refused (one line) where the command
+    contradicts it: another space file, other ``--set``, ``--num-samples``, store."""
+    run_dir = run_state.resume_dir(storage, args.space, args.resume)
+    state = run_state.read_state(run_dir)
+    flags = {
+        "--num-samples": ("num_samples", args.num_samples),
+        "--tracking-uri": ("tracking_uri", args.tracking_uri),
+        "--experiment": ("experiment", args.experiment),
+    }
+    name = run_dir.rstrip("/").rsplit("/", 1)[-1]
+    run_state.check_resume(
+        state, name, space_file=args.space, overrides=args.overrides, flags=flags
+    )
+    return _Search(name, storage, run_dir, state)
 
 
 def reproduce_command(args: argparse.Namespace) -> str:
@@ -212,8 +231,7 @@ def _open_parent(
 
     tracker.log_environment(package_versions(), git_tags())
     search.state["parent_run_id"] = tracker.parent_id
-    if search.local:
-        run_state.write_state(search.run_dir, search.state)
+    run_state.write_state(search.run_dir, search.state)
 
 
 def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker: Any) -> Any:
@@ -244,7 +262,13 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker:
         tuner = restore_tuner(search.run_dir, trainable)
     else:
         logger = TrialLogger(tracker, search.state["max_epochs"])
-        study = study_storage(cfg, search.run_dir if search.local else None)
+        if not search.local and cfg.optuna_storage is None:
+            print(
+                f"note: the Optuna study is kept in memory (--storage {search.storage} is "
+                "not a local folder); set search.optuna_storage to store it",
+                file=sys.stderr,
+            )
+        study = study_storage(cfg, Path(search.run_dir) if search.local else None)
         tuner = new_tuner(space, trainable, search.name, search.storage, logger, study)
     return tuner.fit()
 
@@ -301,11 +325,9 @@ def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> i
     csv = out / LEADERBOARD if out else f"{LEADERBOARD} of run {tracker.parent_id}"
     shown = ", ".join(f"{metric} {mode}" for metric, mode in objectives)
     print_leaderboard(trials, f"Leaderboard of {search.name} (best {shown})", csv=csv)
-    if search.local:
-        for file, text in configs.items():
-            (search.run_dir / file).write_text(text)
-            what = "pareto front" if file.endswith(".csv") else "best config"
-            print(f"{what}: {search.run_dir / file}")
+    for file, text in configs.items():
+        what = "pareto front" if file.endswith(".csv") else "best config"
+        print(f"{what}: {run_state.write_text(search.run_dir, file, text)}")
     uri = search.state["tracking_uri"]
     print(f"review it:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
     return 0 if ok else 1
@@ -320,7 +342,7 @@ def _tell_story(search: _Search, tracker: Any, trials: list[Any]) -> Path | None
     from tune_losses.report import log_report, write_report
     from tune_losses.tracking import BEST_CONFIG, REPORT_DIR
 
-    config = search.run_dir / BEST_CONFIG
+    config = Path(search.run_dir) / BEST_CONFIG
     if search.local:
         retrain = f"python -m tune_losses.train --config {shlex.quote(str(config))}"
     else:
@@ -335,7 +357,7 @@ def _tell_story(search: _Search, tracker: Any, trials: list[Any]) -> Path | None
         parent = tracker.client.get_run(tracker.parent_id)
         with contextlib.ExitStack() as stack:
             if search.local:
-                out = search.run_dir / REPORT_DIR
+                out = Path(search.run_dir) / REPORT_DIR
             else:
                 out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
             log_report(tracker.client, parent, write_report(tracker.client, parent, trials, out))
@@ -371,7 +393,19 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
             file=sys.stderr,
         )
         return 130
-    return _summarize(search, tracker, results, space.experiment.search.scheduler)
+    code = _summarize(search, tracker, results, space.experiment.search.scheduler)
+    if code != 0:
+        _say_first_failure(tracker)
+    return code
+
+
+def _say_first_failure(tracker: Any) -> None:
+    """A search where no trial finished: the first trial's failure, one line on stderr."""
+    from tune_losses.tracking import failure_reasons
+
+    reasons = failure_reasons(tracker.client, tracker.experiment_id, tracker.parent_id)
+    if reasons:
+        print(f"error: no trial finished; the first failure: {reasons[0]}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,14 +1,23 @@
-"""A search's run folder under ``--storage``: its name, the state ``--resume`` reads back,
-and the best config written at the end."""
+"""A search's run folder under ``--storage``: its name, the state ``--resume`` reads back
+and checks the command against, and the best config written at the end.
+
+``--storage`` is a local path or a URI (``s3://``, ``gs://``, ``file://``): every file goes
+through ``pyarrow.fs`` (as Ray's own results do), so a search resumes from either.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tune_losses.config import ConfigError
+
+if TYPE_CHECKING:
+    from pyarrow.fs import FileSystem
 
 STATE_FILE = "tune_losses.json"
 TUNER_FILE = "tuner.pkl"  # written by Ray's Tuner; its presence makes a folder resumable
@@ -18,8 +27,25 @@ STUDY_FILE = "optuna.db"  # the Optuna study, unless search.optuna_storage names
 def storage_root(storage: str | None) -> str:
     """``--storage`` as an absolute path (or URI as given); ``./ray_results`` by default."""
     if storage:
-        return storage if "://" in storage else str(Path(storage).resolve())
+        return storage if is_uri(storage) else str(Path(storage).resolve())
     return str(Path("ray_results").resolve())
+
+
+def is_uri(storage: str) -> bool:
+    """Whether ``storage`` is a URI (``s3://``, ``file://`` ...) rather than a local path."""
+    return "://" in storage
+
+
+def join(root: str, name: str) -> str:
+    """``root/name`` for a path or a URI alike (``Path`` would fold ``s3://`` to ``s3:/``)."""
+    return f"{root.rstrip('/')}/{name}"
+
+
+def _fs(location: str) -> tuple[FileSystem, str]:
+    """The pyarrow filesystem of a path or URI and the path inside it."""
+    from pyarrow.fs import FileSystem
+
+    return FileSystem.from_uri(location)
 
 
 def new_name(space_file: Path) -> str:
@@ -27,33 +53,95 @@ def new_name(space_file: Path) -> str:
     return f"{space_file.stem}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def resume_dir(storage: str, space_file: Path, name: str) -> Path:
-    """The run folder to resume: ``name``, or the latest search of ``space_file``."""
-    root = Path(storage)
+def _resumable(fs: FileSystem, path: str) -> bool:
+    """Whether the run folder ``path`` holds our state and Ray's tuner."""
+    from pyarrow.fs import FileType
+
+    infos = fs.get_file_info([join(path, STATE_FILE), join(path, TUNER_FILE)])
+    return all(info.type == FileType.File for info in infos)
+
+
+def resume_dir(storage: str, space_file: Path, name: str) -> str:
+    """The run folder to resume: ``name`` (a folder directly under ``storage``), or the
+    latest search of ``space_file`` there."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, root = _fs(storage)
     if name != "latest":
-        path = root / name
-        if not (path / STATE_FILE).is_file() or not (path / TUNER_FILE).is_file():
-            raise ConfigError(f"--resume {name}: no resumable search of tune_losses in {root}")
-        return path
-    found = sorted(
-        (
-            p
-            for p in root.glob(f"{space_file.stem}-*/{STATE_FILE}")
-            if (p.parent / TUNER_FILE).is_file()
-        ),
-        key=lambda p: p.stat().st_mtime,
-    )
+        if name in ("", ".", "..") or "/" in name or "\\" in name or Path(name).is_absolute():
+            raise ConfigError(f"--resume {name}: give a search's folder name inside --storage")
+        if not _resumable(fs, join(root, name)):
+            raise ConfigError(f"--resume {name}: no resumable search of tune_losses in {storage}")
+        return join(storage, name)
+    infos = fs.get_file_info(FileSelector(root, allow_not_found=True))
+    folders = [
+        i
+        for i in infos
+        if i.type == FileType.Directory and i.base_name.startswith(space_file.stem + "-")
+    ]
+    found = [i for i in folders if _resumable(fs, i.path)]
     if not found:
-        raise ConfigError(f"--resume: no earlier search of {space_file} in {root}")
-    return found[-1].parent
+        raise ConfigError(f"--resume: no earlier search of {space_file} in {storage}")
+    mtime = {i.path: fs.get_file_info(join(i.path, STATE_FILE)).mtime for i in found}
+    latest = max(found, key=lambda i: (mtime[i.path], i.base_name))
+    return join(storage, latest.base_name)
 
 
-def read_state(run_dir: Path) -> dict[str, Any]:
+def read_text(run_dir: str, filename: str) -> str:
+    """A text file of the run folder."""
+    fs, path = _fs(run_dir)
+    with fs.open_input_stream(join(path, filename)) as stream:
+        return stream.read().decode()
+
+
+def write_text(run_dir: str, filename: str, text: str) -> str:
+    """Write a text file into the run folder (created if needed); returns its location."""
+    fs, path = _fs(run_dir)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(join(path, filename)) as stream:
+        stream.write(text.encode())
+    return join(run_dir, filename)
+
+
+def read_state(run_dir: str) -> dict[str, Any]:
     """The state a search saved when it started (store, experiment, totals, parent run)."""
-    return json.loads((run_dir / STATE_FILE).read_text())
+    return json.loads(read_text(run_dir, STATE_FILE))
 
 
-def write_state(run_dir: Path, state: dict[str, Any]) -> None:
+def write_state(run_dir: str, state: dict[str, Any]) -> None:
     """Save the search's state in its run folder (created if needed)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / STATE_FILE).write_text(json.dumps(state))
+    write_text(run_dir, STATE_FILE, json.dumps(state))
+
+
+def space_hash(space_file: Path) -> str:
+    """SHA-256 of the space file's bytes: a resumed search must run the same file."""
+    return hashlib.sha256(space_file.read_bytes()).hexdigest()
+
+
+def check_resume(
+    state: dict[str, Any],
+    name: str,
+    *,
+    space_file: Path,
+    overrides: Sequence[str],
+    flags: dict[str, Any],
+) -> None:
+    """Refuse a ``--resume`` whose command contradicts the saved search: another space
+    file content, other ``--set`` values, or a flag (``--num-samples``, ``--tracking-uri``,
+    ``--experiment``) other than the saved value. Omitted ones take the saved values."""
+    where = f"--resume {name}"
+    saved_hash = state.get("space_sha256")
+    if saved_hash is not None and saved_hash != space_hash(space_file):
+        raise ConfigError(
+            f"{where}: {space_file} is not the space file the search started with "
+            f"({state.get('space')}, changed since?); start a new search instead"
+        )
+    saved_sets = state.get("overrides", [])
+    if overrides and list(overrides) != list(saved_sets):
+        raise ConfigError(
+            f"{where}: --set {' '.join(overrides)} differs from the saved search's "
+            f"{' '.join(saved_sets) or 'none'}; resume without --set"
+        )
+    for flag, (key, value) in flags.items():
+        if value is not None and key in state and value != state[key]:
+            raise ConfigError(f"{where}: {flag} {value} contradicts the saved {state[key]}")

@@ -10,8 +10,9 @@ tracking server.
 from __future__ import annotations
 
 import json
+import socket
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,33 @@ EXPERIMENT_KEY = "experiment"
 MEMBER_KEY = "member"  # PBT/PB2: a member's sampled values and experiment, under one key
 ORIGIN_FILE = "origin.json"  # which trial wrote a checkpoint, at which epoch
 CLONED_FROM = "pbt/cloned_from"  # in the first result after a PBT exploit: "<trial>@<epoch>"
+NODE_IP = "where/node_ip"  # in the first result of every run of the trainable: where it runs
+HOSTNAME = "where/hostname"
+DEVICE = "where/device"
+
+
+class TrialFailed(RuntimeError):
+    """A trial that cannot go on (non-finite loss, out of memory), with a one-line reason
+    that the driver tags the child run with (``error_reason``)."""
+
+
+def placement(device: torch.device) -> dict[str, str]:
+    """Where this trial runs: node IP, host name and torch device (``cuda:0 (GPU name)``)."""
+    if device.type == "cuda":
+        index = device.index if device.index is not None else torch.cuda.current_device()
+        label = f"cuda:{index} ({torch.cuda.get_device_name(index)})"
+    else:
+        label = str(device)
+    return {NODE_IP: ray.util.get_node_ip_address(), HOSTNAME: socket.gethostname(), DEVICE: label}
+
+
+def failure_reason(exc: BaseException, epoch: int) -> str | None:
+    """The one-line reason of a failure that retrying cannot cure, else ``None``."""
+    if isinstance(exc, FloatingPointError):
+        return f"non-finite loss at epoch {epoch}"
+    if isinstance(exc, torch.OutOfMemoryError):
+        return f"out of memory at epoch {epoch}"
+    return None
 
 
 def trial_values(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -50,12 +78,25 @@ def train_trial(config: dict[str, Any]) -> None:
             path = Path(directory) / ORIGIN_FILE
             if path.is_file():
                 origin = json.loads(path.read_text())
-    for result in trainer.epochs():
+    where: dict[str, Any] = placement(trainer.device)
+    for result in _epochs(trainer):
         if origin.get("trial_id") not in (None, me):  # PBT cloned this trial from another
             result[CLONED_FROM] = f"{origin['trial_id']}@{origin['epoch']}"
         origin = {}
+        result.update(where)
+        where = {}
         with tempfile.TemporaryDirectory() as directory:
             trainer.save(directory)
             origin_of = {"trial_id": me, "epoch": trainer.epoch}
             (Path(directory) / ORIGIN_FILE).write_text(json.dumps(origin_of))
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def _epochs(trainer: Trainer) -> Iterator[dict[str, Any]]:
+    """``trainer.epochs()``, a non-finite loss or an out-of-memory error raised as
+    :class:`TrialFailed` with its one-line reason (the trial ends FAILED, the search goes on)."""
+    try:
+        yield from trainer.epochs()
+    except (FloatingPointError, torch.OutOfMemoryError) as exc:
+        reason = failure_reason(exc, trainer.epoch + 1)
+        raise TrialFailed(reason) from None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -77,7 +78,11 @@ class TellingOptunaSearch(OptunaSearch):
             ot_trial.report(float(values[0]), int(step))
         if state == "COMPLETE":
             return super().on_trial_complete(trial_id, result, error)
-        self._ot_study.tell(ot_trial, state=optuna.trial.TrialState[state])
+        # GridSampler calls study.stop() once the grid is exhausted, which raises outside
+        # study.optimize; the state is stored first, so the search just goes on (as
+        # Ray's own tell path does, which catches it)
+        with contextlib.suppress(RuntimeError):
+            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState[state])
         self._completed_trials.add(trial_id)
         return None
 
@@ -188,6 +193,6 @@ def _run_config(
     )
 
 
-def restore_tuner(run_dir: Path, trainable: Callable[..., Any]) -> tune.Tuner:
+def restore_tuner(run_dir: str, trainable: Callable[..., Any]) -> tune.Tuner:
     """The Tuner of an interrupted search, unfinished and errored trials continued."""
-    return tune.Tuner.restore(str(run_dir), trainable, resume_unfinished=True, resume_errored=True)
+    return tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=True)

@@ -144,7 +144,7 @@ def test_parent_tells_the_story(search: SearchTracker) -> None:
     link = f"#/experiments/{search.experiment_id}/runs/{best.run_id}"
     assert f"**Best trial: [train_b]({link})**" in note
     assert note.index("train_b") < note.index("train_a") < note.index("t03")
-    assert "| 1 | [train_b]" in note and "| asha | 1 |" in note and "| error |" in note
+    assert "| 1 | [train_b]" in note and "| asha | 1 |" in note and "| error: " in note
     assert "python -m tune_losses.search --space s.yaml" in note and "```bash\nR\n```" in note
     assert parent.data.metrics["trials_failed"] == 1.0 and parent.data.metrics["epochs_spent"] == 5
     assert parent.data.tags["version.torch"] == "9.9"

@@ -716,7 +716,7 @@ def leaderboard_csv(rows: Sequence[Mapping[str, Any]]) -> str:
 def trial_counts(trials: Sequence[TrialRecord]) -> dict[str, float]:
     """How the trials ended: failed (error), pruned (stopped by ASHA), completed (the rest:
     ran all epochs or stopped early on their own), and the epochs trained in all."""
-    failed = sum(t.status == "FAILED" or t.stop_reason == "error" for t in trials)
+    failed = sum(t.status == "FAILED" or t.stop_reason.startswith("error") for t in trials)
     pruned = sum(t.stop_reason == "asha" and t.status != "FAILED" for t in trials)
     epochs = sum(int(t.epochs_run) if t.epochs_run.isdigit() else len(t.history) for t in trials)
     return {

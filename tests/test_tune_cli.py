@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import AUX_CE_WEIGHT, tiny_experiment
+from conftest import AUX_CE_WEIGHT, RayCluster, tiny_experiment
 from tune_losses.config import load_experiment
 from tune_losses.search import main
 
@@ -301,20 +301,22 @@ def test_search_logs_to_an_mlflow_server(tmp_path: Path, mlflow_server: str) -> 
 
 
 @pytest.mark.slow
-def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: str) -> None:
+def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: RayCluster) -> None:
     space = write_space(
         tmp_path / "space.yaml",
         train={"epochs": 2, "lr": 0.005},
         search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo"},
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    env_keys = {k: v for k, v in os.environ.items() if k != "RAY_AUTH_MODE"}
+    # the driver joins with the head's token file (RAY_AUTH_TOKEN_PATH), in a home of its own
+    env = ray_cluster.driver_env(PYTHONPATH=str(ROOT))
+    env.pop("RAY_AUTH_MODE")  # the search sets it itself when --address is given
     proc = subprocess.run(
         [sys.executable, "-m", "tune_losses.search", "--space", str(space)]
-        + ["--address", ray_cluster, "--storage", str(tmp_path / "shared")]
+        + ["--address", ray_cluster.address, "--storage", str(tmp_path / "shared")]
         + ["--tracking-uri", uri, "--experiment", "e2e"],
         cwd=tmp_path,
-        env={**env_keys, "PYTHONPATH": str(ROOT)},
+        env=env,
         capture_output=True,
         text=True,
         timeout=900,

@@ -221,15 +221,10 @@ class PostgreSQL:
         options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"  # -w: the default
         self.started = True
         self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", options, "start")
-        import psycopg2  # the driver the mlflow server uses, a dev dependency
+        import psycopg  # the driver the mlflow server uses, a dev dependency
 
-        conn = psycopg2.connect(self.uri.rsplit("/", 1)[0] + "/postgres")
-        try:
-            conn.autocommit = True
-            with conn.cursor() as cur:
-                cur.execute(f"CREATE DATABASE {self.database}")
-        finally:
-            conn.close()
+        with psycopg.connect(self.uri.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {self.database}")
 
     def stop(self) -> None:
         """``pg_ctl stop``; the postmaster and its children killed by PID if that fails;

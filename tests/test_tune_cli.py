@@ -14,7 +14,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import AUX_CE_WEIGHT, RayCluster, tiny_experiment
+from conftest import AUX_CE_WEIGHT, MlflowServer, RayCluster, tiny_experiment
 from tune_losses.config import load_experiment
 from tune_losses.search import main
 
@@ -417,3 +417,62 @@ def test_pbt_search_learns_a_schedule_that_train_replays(tmp_path: Path) -> None
 
 def best_trial(parent) -> str:
     return parent.data.tags["best_trial"]
+
+
+@pytest.mark.slow
+def test_search_logs_to_a_team_mlflow_on_postgresql(
+    tmp_path: Path, mlflow_postgres_server: MlflowServer
+) -> None:
+    """Four trials at once against an ``mlflow server`` on PostgreSQL that serves the
+    artifacts: every child complete (params, one value per epoch per metric, artifacts
+    read back through the server), nothing left RUNNING, no "database is locked"."""
+    epochs = 3
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": epochs, "lr": 0.005},
+        search={"num_samples": 4, "max_concurrent": 4, "cpus_per_trial": 0.5, "scheduler": "fifo"},
+    )
+    url = mlflow_postgres_server.url
+    proc = run_cli(
+        tmp_path,
+        *("--space", str(space), "--tracking-uri", url, "--experiment", "e2e"),
+        *("--storage", str(tmp_path / "ray")),
+    )
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-6000:]
+    assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "mlartifacts").exists()
+    for text in (output, mlflow_postgres_server.log.read_text()):
+        assert "database is locked" not in text
+
+    client, parents, children = runs_of(url)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert len(children) == 4
+    assert len({c.data.tags["ray.trial_id"] for c in children}) == 4
+    # max_concurrent 4 on 2 CPUs at 0.5 each: the four trials ran at the same time
+    assert max(c.info.start_time for c in children) < min(c.info.end_time for c in children)
+    for child in children:
+        run_id = child.info.run_id
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["epochs_run"] == str(epochs)
+        params = child.data.params
+        assert 0.0 <= float(params["loss.decode.dice.weight"]) <= 1.0
+        assert params["loss.aux.ce.weight.choice"] in ("constant", "decay")
+        assert params["train.epochs"] == str(epochs)
+        per_epoch = [k for k in child.data.metrics if k.startswith(("train/", "val/", "weight/"))]
+        assert {"val/mIoU", "train/loss", "weight/decode/dice", "weight/aux/ce"} <= set(per_epoch)
+        for key in [*per_epoch, "best_val_mIoU"]:
+            steps = [m.step for m in client.get_metric_history(run_id, key)]
+            assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)
+        arts = {a.path for a in client.list_artifacts(run_id)}
+        assert {"trial_config.yaml", "loss_setup.json", "best_epoch.json", "best_epoch"} <= arts
+        local = tmp_path / "download" / run_id
+        local.mkdir(parents=True)
+        config = Path(client.download_artifacts(run_id, "trial_config.yaml", str(local)))
+        assert load_experiment(config).train.epochs == epochs
+        best = Path(client.download_artifacts(run_id, "best_epoch.json", str(local)))
+        summary = json.loads(best.read_text())
+        assert summary["epochs_run"] == epochs
+        assert summary["best_val_mIoU"] == pytest.approx(child.data.metrics["best_val_mIoU"])
+    # the artifacts went through the server into its --artifacts-destination
+    stored = list(mlflow_postgres_server.artifacts.rglob("trial_config.yaml"))
+    assert len(stored) == 4, stored

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import optuna
@@ -14,7 +17,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import AUX_CE_WEIGHT, MlflowServer, RayCluster, tiny_experiment
+from conftest import AUX_CE_WEIGHT, MlflowServer, RayCluster, process_tree, tiny_experiment
 from tune_losses.config import load_experiment
 from tune_losses.search import main
 
@@ -476,3 +479,119 @@ def test_search_logs_to_a_team_mlflow_on_postgresql(
     # the artifacts went through the server into its --artifacts-destination
     stored = list(mlflow_postgres_server.artifacts.rglob("trial_config.yaml"))
     assert len(stored) == 4, stored
+
+
+def ray_results(storage: Path) -> dict[str, list[dict]]:
+    """Every result Ray Tune recorded (``result.json``), by trial id."""
+    found: dict[str, list[dict]] = {}
+    for path in storage.rglob("result.json"):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                result = json.loads(line)
+                found.setdefault(result["trial_id"], []).append(result)
+    return found
+
+
+@pytest.mark.slow
+def test_a_trial_survives_the_loss_of_its_worker_node(
+    tmp_path: Path, ray_cluster: RayCluster
+) -> None:
+    """Two trials, one CPU each, on a head and a worker node of one CPU each: one trial
+    runs on each node. Once the worker node's trial has reported 2 epochs, every process
+    of the worker node is SIGKILLed. That trial is retried (FailureConfig) on the head,
+    once the head's trial is done, from its last checkpoint, and the search completes
+    with one child run per trial, each with one value per epoch per metric.
+
+    Ray registers a reported epoch's checkpoint only after the driver has seen the
+    result (a save round trip), so the kill may land before the last printed epoch's
+    checkpoint is known: the trial then resumes one epoch earlier and runs that epoch
+    again. Never from scratch: epoch 1's checkpoint is registered before epoch 2 runs."""
+    epochs = 8
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": epochs, "lr": 0.005, "early_stopping": {"patience": None}},
+        search={"num_samples": 2, "max_concurrent": 2, "cpus_per_trial": 1, "scheduler": "fifo"},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    storage = tmp_path / "shared"
+    env = ray_cluster.driver_env(PYTHONPATH=str(ROOT))
+    assert ray_cluster.worker is not None
+    worker_node = ray_cluster.worker.pid
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tune_losses.search", "--space", str(space)]
+        + ["--address", ray_cluster.address, "--storage", str(storage)]
+        + ["--tracking-uri", uri, "--experiment", "e2e"],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    watchdog = threading.Timer(600, proc.kill)
+    watchdog.start()
+    lines: list[str] = []
+    printed: dict[str, list[int]] = {}  # the epochs the driver printed, by trial
+    killed: list[int] = []
+    started = kill_time = time.monotonic()
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            found = re.search(r"\] (\S+) epoch (\d+)/", line)
+            if found:
+                printed.setdefault(found.group(1), []).append(int(found.group(2)))
+            if found and not killed:
+                # the trial on the worker node: Ray records the PID of each result
+                on_node = {pid for pid, _ in process_tree(worker_node)}
+                there = [t for t, rs in ray_results(storage).items() if rs[-1]["pid"] in on_node]
+                if there and len(printed.get(there[0], [])) >= 2:
+                    killed = ray_cluster.kill_worker()
+                    kill_time = time.monotonic()
+        proc.wait(timeout=60)
+        ended = time.monotonic()
+    finally:
+        watchdog.cancel()
+        if proc.poll() is None:
+            proc.kill()
+    out = "".join(lines)
+    assert killed, "the worker node's trial never reported 2 epochs:\n" + out[-3000:]
+    assert proc.returncode == 0, out[-4000:]
+    assert not ray_cluster.worker_alive()
+    assert ray_cluster.cpus() == 1.0, "the dead worker node is still counted"
+
+    # the trial that ran on the worker node, by the PID Ray recorded with its results
+    results = ray_results(storage)
+    assert set(results) == set(printed) and len(printed) == 2
+    (lost,) = [t for t, rs in results.items() if {r["pid"] for r in rs} & set(killed)]
+    before = [r["epoch"] for r in results[lost] if r["pid"] in killed]
+    after = [r["epoch"] for r in results[lost] if r["pid"] not in killed]
+    assert before and after, "the worker node's trial did not go on after the kill"
+    assert 2 <= before[-1] < epochs, before
+    # retried from its last checkpoint (or the one before, see above), not from scratch
+    assert after[0] in (before[-1], before[-1] + 1), (before, after)
+    assert after == list(range(after[0], epochs + 1)), after
+    for trial, shown in printed.items():
+        assert sorted(set(shown)) == list(range(1, epochs + 1)), (trial, shown)
+        assert len(shown) <= epochs + (trial == lost), (trial, shown)
+
+    client, parents, children = runs_of(uri)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert sorted(c.data.tags["ray.trial_id"] for c in children) == sorted(printed)
+    for child in children:
+        run_id = child.info.run_id
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["epochs_run"] == str(epochs)
+        history = client.get_metric_history(run_id, "val/mIoU")
+        assert child.data.metrics["best_val_mIoU"] == pytest.approx(max(m.value for m in history))
+        for key in child.data.metrics:
+            steps = sorted(m.step for m in client.get_metric_history(run_id, key))
+            # one value per epoch: an epoch run again after the kill is not logged twice
+            assert steps == list(range(1, epochs + 1)), (
+                child.data.tags["ray.trial_id"],
+                key,
+                steps,
+            )
+    print(
+        f"killed {len(killed)} worker-node processes {kill_time - started:.0f} s into the "
+        f"search, after {lost}'s epochs {before}; it went on at epoch {after[0]} on the "
+        f"head; the search ended {ended - kill_time:.0f} s after the kill"
+    )

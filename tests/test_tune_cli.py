@@ -303,6 +303,17 @@ def test_search_logs_to_an_mlflow_server(tmp_path: Path, mlflow_server: str) -> 
         assert load_experiment(text).train.epochs == 2
 
 
+def ray_results(storage: Path) -> dict[str, list[dict]]:
+    """Every result Ray Tune recorded (``result.json``), by trial id."""
+    found: dict[str, list[dict]] = {}
+    for path in storage.rglob("result.json"):
+        for line in path.read_text().splitlines():
+            if line.strip():
+                result = json.loads(line)
+                found.setdefault(result["trial_id"], []).append(result)
+    return found
+
+
 @pytest.mark.slow
 def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: RayCluster) -> None:
     space = write_space(
@@ -314,24 +325,42 @@ def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: RayCluste
     # the driver joins with the head's token file (RAY_AUTH_TOKEN_PATH), in a home of its own
     env = ray_cluster.driver_env(PYTHONPATH=str(ROOT))
     env.pop("RAY_AUTH_MODE")  # the search sets it itself when --address is given
-    proc = subprocess.run(
-        [sys.executable, "-m", "tune_losses.search", "--space", str(space)]
-        + ["--address", ray_cluster.address, "--storage", str(tmp_path / "shared")]
-        + ["--tracking-uri", uri, "--experiment", "e2e"],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert ray_cluster.head is not None and ray_cluster.worker is not None
+    nodes = {"head": ray_cluster.head.pid, "worker": ray_cluster.worker.pid}
+    seen: dict[str, set[int]] = {name: set() for name in nodes}  # processes under each node
+    with (tmp_path / "driver.log").open("w+") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tune_losses.search", "--space", str(space)]
+            + ["--address", ray_cluster.address, "--storage", str(tmp_path / "shared")]
+            + ["--tracking-uri", uri, "--experiment", "e2e"],
+            cwd=tmp_path,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + 900
+        while proc.poll() is None and time.monotonic() < deadline:
+            for name, pid in nodes.items():
+                seen[name].update(p for p, _ in process_tree(pid))
+            time.sleep(0.3)
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait()
+        log.seek(0)
+        out = log.read()
+    assert proc.returncode == 0, out[-6000:]
     client, parents, children = runs_of(uri)
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED"]
-    # one CPU per node and one per trial: the two trials ran at once, one on each node
-    starts = sorted(c.info.start_time for c in children)
-    ends = sorted(c.info.end_time for c in children)
-    assert starts[1] < ends[0]
+    # one CPU per node and one per trial: one trial ran on each node (the PIDs Ray
+    # recorded with each trial's results, among the processes seen under each node)
+    results = ray_results(tmp_path / "shared")
+    assert sorted(results) == sorted(c.data.tags["ray.trial_id"] for c in children)
+    ran_on = {
+        trial: {name for name in nodes if {r["pid"] for r in rs} & seen[name]}
+        for trial, rs in results.items()
+    }
+    assert sorted(map(sorted, ran_on.values())) == [["head"], ["worker"]], ran_on
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])
@@ -479,17 +508,6 @@ def test_search_logs_to_a_team_mlflow_on_postgresql(
     # the artifacts went through the server into its --artifacts-destination
     stored = list(mlflow_postgres_server.artifacts.rglob("trial_config.yaml"))
     assert len(stored) == 4, stored
-
-
-def ray_results(storage: Path) -> dict[str, list[dict]]:
-    """Every result Ray Tune recorded (``result.json``), by trial id."""
-    found: dict[str, list[dict]] = {}
-    for path in storage.rglob("result.json"):
-        for line in path.read_text().splitlines():
-            if line.strip():
-                result = json.loads(line)
-                found.setdefault(result["trial_id"], []).append(result)
-    return found
 
 
 @pytest.mark.slow

@@ -480,8 +480,6 @@ def test_search_logs_to_a_team_mlflow_on_postgresql(
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert len(children) == 4
     assert len({c.data.tags["ray.trial_id"] for c in children}) == 4
-    # max_concurrent 4 on 2 CPUs at 0.5 each: the four trials ran at the same time
-    assert max(c.info.start_time for c in children) < min(c.info.end_time for c in children)
     for child in children:
         run_id = child.info.run_id
         assert child.info.status == "FINISHED"

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pwd
+import re
+import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -12,7 +17,7 @@ import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import pytest
 import yaml
@@ -146,91 +151,333 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="session")
-def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """One ``mlflow server`` on 127.0.0.1 for the session (it takes ~10 s to answer)."""
-    root = tmp_path_factory.mktemp("mlflow_server")
-    port = free_port()
-    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
-    cmd += ["--backend-store-uri", f"sqlite:///{root / 'store.db'}", "--workers", "1"]
-    cmd += ["--artifacts-destination", str(root / "artifacts")]
-    log = (root / "server.log").open("w")
-    proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
+# ------------------------------------------------------------------ processes we started
+# Servers are stopped by PID, with every process they spawned (Ray's raylet and workers,
+# gunicorn's workers), never by name: other people's servers run on the same machine.
+
+
+def _proc_stat(pid: int) -> tuple[int, int] | None:
+    """``(parent pid, start time)`` of a live process, from /proc; None if it is gone."""
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow server did not start: {(root / 'server.log').read_text()}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) "
+    if fields[0] == "Z":  # a zombie: dead, only waiting for its parent
+        return None
+    return int(fields[1]), int(fields[19])
 
 
-def _stop(proc: subprocess.Popen) -> None:
+def process_tree(pid: int) -> list[tuple[int, int]]:
+    """``pid`` and all its live descendants, as ``(pid, start time)`` pairs (the start
+    time tells a process from a later one that got the same PID)."""
+    parents: dict[int, list[tuple[int, int]]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (stat := _proc_stat(int(entry.name))) is not None:
+            parents.setdefault(stat[0], []).append((int(entry.name), stat[1]))
+    root = _proc_stat(pid)
+    tree = [(pid, root[1])] if root else []
+    todo = [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            tree.append(child)
+            todo.append(child[0])
+    return tree
+
+
+def kill_processes(procs: list[tuple[int, int]]) -> None:
+    """SIGKILL each ``(pid, start time)`` still alive as that same process."""
+    for pid, started in procs:
+        stat = _proc_stat(pid)
+        if stat is not None and stat[1] == started:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+
+
+def stop_tree(proc: subprocess.Popen, timeout: float = 30) -> None:
+    """Stop ``proc`` (SIGTERM, then SIGKILL) and then whatever it had spawned that is
+    still alive. Safe on a process that is already dead."""
+    tree = process_tree(proc.pid) if proc.poll() is None else []
     proc.terminate()
     try:
-        proc.wait(timeout=30)
+        proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
         proc.kill()
+        proc.wait(timeout=10)
+    kill_processes(tree)
+
+
+# ------------------------------------------------------------------ MLflow servers
+
+
+def _wait_healthy(url: str, proc: subprocess.Popen, log: Path, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(f"{url}/health", timeout=2) as resp:
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if proc.poll() is not None or time.monotonic() > deadline:
+            pytest.fail(f"mlflow server did not start: {log.read_text()[-3000:]}")
+        time.sleep(0.5)
+
+
+@contextlib.contextmanager
+def running_mlflow_server(root: Path, backend: str, *options: str) -> Iterator[str]:
+    """An ``mlflow server`` on 127.0.0.1 over ``backend`` (its log: ``root/server.log``),
+    stopped with its workers on exit, whatever happened."""
+    port = free_port()
+    cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port)]
+    cmd += ["--backend-store-uri", backend, "--workers", "1", *options]
+    log_path = root / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            url = f"http://127.0.0.1:{port}"
+            _wait_healthy(url, proc, log_path)
+            yield url
+        finally:
+            stop_tree(proc, timeout=20)
 
 
 @pytest.fixture(scope="session")
-def ray_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A two-node Ray cluster on 127.0.0.1 (a head and a second node, one CPU each).
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One ``mlflow server`` on sqlite, 127.0.0.1, for the session (~10 s to answer)."""
+    root = tmp_path_factory.mktemp("mlflow_server")
+    backend = f"sqlite:///{root / 'store.db'}"
+    artifacts = ("--artifacts-destination", str(root / "artifacts"))
+    with running_mlflow_server(root, backend, *artifacts) as url:
+        yield url
 
-    Both run ``ray start --block`` under this fixture, so stopping them stops only what
-    the fixture started (``ray stop`` would stop every Ray process of the machine)."""
-    root = tmp_path_factory.mktemp("ray_cluster")
-    ray = str(Path(sys.executable).with_name("ray"))
-    port = free_port()
-    address = f"127.0.0.1:{port}"
-    env = {**os.environ, "RAY_AUTH_MODE": "token"}
-    common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats", "--block"]
-    head_cmd = [ray, "start", "--head", f"--port={port}", "--include-dashboard=false", *common]
-    head = subprocess.Popen(
-        head_cmd, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-    )
-    procs = [head]
+
+# ------------------------------------------------------------------ a team's MLflow
+
+
+class PostgreSQL:
+    """PostgreSQL (``initdb``/``pg_ctl`` from PATH) on 127.0.0.1 in a folder of its own,
+    with a password-protected user and one database; as root, it runs as ``postgres``
+    (PostgreSQL refuses to run as root)."""
+
+    user, password, database = "tune", "tune-secret", "mlflow"
+
+    def __init__(self) -> None:
+        self.initdb, self.pg_ctl = shutil.which("initdb"), shutil.which("pg_ctl")
+        if not (self.initdb and self.pg_ctl):
+            pytest.skip("PostgreSQL's initdb/pg_ctl are not on PATH")
+        self.as_user: list[str] = []
+        if os.geteuid() == 0:
+            try:
+                pwd.getpwnam("postgres")
+            except KeyError:
+                pytest.skip("running as root and there is no 'postgres' user to run PostgreSQL")
+            self.as_user = ["runuser", "-u", "postgres", "--"]
+        # not under pytest's tmp folder: that one is private to us, and the server is not us
+        self.root = Path(tempfile.mkdtemp(prefix="tune_losses_pg_"))
+        if self.as_user:
+            shutil.chown(self.root, "postgres")
+        self.data = self.root / "data"
+        self.log = self.root / "postgres.log"
+        self.port = free_port()
+        self.started = False
+
+    @property
+    def uri(self) -> str:
+        return f"postgresql://{self.user}:{self.password}@127.0.0.1:{self.port}/{self.database}"
+
+    def _run(self, *cmd: str) -> None:
+        proc = subprocess.run([*self.as_user, *cmd], capture_output=True, text=True, timeout=120)
+        if proc.returncode != 0:
+            tail = self.log.read_text()[-2000:] if self.log.is_file() else ""
+            pytest.fail(f"{' '.join(cmd[:2])} failed: {proc.stdout}{proc.stderr}{tail}")
+
+    def start(self) -> None:
+        pwfile = self.root / "pwfile"
+        pwfile.write_text(self.password)
+        if self.as_user:
+            shutil.chown(pwfile, "postgres")
+        self._run(
+            self.initdb, "-D", str(self.data), "-U", self.user, f"--pwfile={pwfile}",
+            "--auth=scram-sha-256", "--encoding=UTF8", "--locale=C", "--no-sync",
+        )  # fmt: skip
+        pwfile.unlink()
+        options = f"-h 127.0.0.1 -p {self.port} -k {self.root} -c fsync=off"  # -w: the default
+        self.started = True
+        self._run(self.pg_ctl, "-D", str(self.data), "-l", str(self.log), "-o", options, "start")
+        import psycopg  # the driver the mlflow server uses, a dev dependency
+
+        with psycopg.connect(self.uri.rsplit("/", 1)[0] + "/postgres", autocommit=True) as conn:
+            conn.execute(f"CREATE DATABASE {self.database}")
+
+    def stop(self) -> None:
+        """``pg_ctl stop``; the postmaster and its children killed by PID if that fails;
+        the folder removed."""
+        try:
+            if self.started:
+                pidfile = self.data / "postmaster.pid"
+                pid = int(pidfile.read_text().split()[0]) if pidfile.is_file() else None
+                tree = process_tree(pid) if pid else []
+                stop = [*self.as_user, self.pg_ctl, "-D", str(self.data), "-m", "fast", "-w"]
+                try:
+                    subprocess.run([*stop, "stop"], capture_output=True, timeout=60)
+                except subprocess.TimeoutExpired:
+                    pass
+                kill_processes(tree)
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgresql() -> Iterator[PostgreSQL]:
+    """PostgreSQL on 127.0.0.1 for the session, in a temporary folder; stopped at the end."""
+    server = PostgreSQL()
     try:
-        status = [ray, "status", f"--address={address}"]
-        deadline = time.monotonic() + 180
-        while subprocess.run(status, env=env, capture_output=True).returncode != 0:
-            if head.poll() is not None or time.monotonic() > deadline:
-                pytest.fail("ray head node did not start")
-            time.sleep(2)
-        node = [ray, "start", f"--address={address}", *common]
-        procs.append(
-            subprocess.Popen(
-                node, cwd=root, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT
-            )
-        )
-        while (
-            "2.0 CPU" not in subprocess.run(status, env=env, capture_output=True, text=True).stdout
-        ):
-            if time.monotonic() > deadline:
-                pytest.fail("second ray node did not join")
-            time.sleep(2)
-        yield address
+        server.start()
+        yield server
     finally:
-        for proc in reversed(procs):
-            _stop(proc)
+        server.stop()
+
+
+class MlflowServer(NamedTuple):
+    url: str
+    log: Path  # the server's stdout and stderr
+    artifacts: Path  # --artifacts-destination
+
+
+@pytest.fixture(scope="session")
+def mlflow_postgres_server(
+    tmp_path_factory: pytest.TempPathFactory, postgresql: PostgreSQL
+) -> Iterator[MlflowServer]:
+    """A team's MLflow: ``mlflow server`` on PostgreSQL, serving the artifacts itself
+    (clients upload and download them through it), on 127.0.0.1, for the session."""
+    root = tmp_path_factory.mktemp("mlflow_postgres")
+    artifacts = root / "artifacts"
+    options = ("--serve-artifacts", "--artifacts-destination", str(artifacts))
+    with running_mlflow_server(root, postgresql.uri, *options) as url:
+        yield MlflowServer(url, root / "server.log", artifacts)
+
+
+# ------------------------------------------------------------------ a two-node Ray cluster
+
+_RAY_AUTH = ("RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+class RayCluster:
+    """A Ray cluster on 127.0.0.1: a head and a worker node, one CPU each.
+
+    Each node is a ``ray start --block`` in a session of its own, so stopping it stops
+    only what it started (``ray stop`` would stop every Ray process of the machine).
+    Token auth is set up as between machines: ``ray get-auth-token --generate`` writes
+    the token to the head's own home folder (``<home>/.ray/auth_token``), and the worker
+    node and the drivers, each with a home folder of its own, are handed that file with
+    ``RAY_AUTH_TOKEN_PATH``."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.ray = str(Path(sys.executable).with_name("ray"))
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.token_path = self._home("head") / ".ray" / "auth_token"
+        self.head: subprocess.Popen | None = None
+        self.worker: subprocess.Popen | None = None
+        self._nodes: list[subprocess.Popen] = []
+
+    def _home(self, who: str) -> Path:
+        home = self.root / f"home_{who}"
+        home.mkdir(exist_ok=True)
+        return home
+
+    def _env(self, who: str, token: bool = True) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _RAY_AUTH}
+        env["HOME"] = str(self._home(who))
+        env["RAY_AUTH_MODE"] = "token"
+        if token:
+            env["RAY_AUTH_TOKEN_PATH"] = str(self.token_path)
+        return env
+
+    def driver_env(self, **extra: str) -> dict[str, str]:
+        """The environment of a driver joining the cluster (the token by its path)."""
+        return {**self._env("driver"), **extra}
+
+    def _start_node(self, who: str, *args: str) -> subprocess.Popen:
+        common = ["--node-ip-address=127.0.0.1", "--num-cpus=1", "--disable-usage-stats"]
+        with (self.root / f"{who}.log").open("a") as log:
+            proc = subprocess.Popen(
+                [self.ray, "start", *args, *common, "--block"],
+                cwd=self.root,
+                env=self._env(who, token=who != "head"),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self._nodes.append(proc)
+        return proc
+
+    def cpus(self) -> float:
+        """The CPUs of the cluster's live nodes as ``ray status`` counts them (0: no answer)."""
+        status = subprocess.run(
+            [self.ray, "status", f"--address={self.address}"],
+            env=self._env("driver"),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        found = re.search(r"/(\d+(?:\.\d+)?) CPU", status.stdout)
+        return float(found.group(1)) if status.returncode == 0 and found else 0.0
+
+    def _wait_cpus(self, cpus: float, what: str, timeout: float = 180) -> None:
+        deadline = time.monotonic() + timeout
+        while self.cpus() != cpus:
+            if (self.head is not None and self.head.poll() is not None) or (
+                time.monotonic() > deadline
+            ):
+                logs = "".join(p.read_text()[-1500:] for p in sorted(self.root.glob("*.log")))
+                pytest.fail(f"{what}: {logs}")
+            time.sleep(1)
+
+    def start(self) -> None:
+        generate = [self.ray, "get-auth-token", "--generate"]
+        env = {k: v for k, v in self._env("head", token=False).items() if k != "RAY_AUTH_MODE"}
+        subprocess.run(generate, env=env, capture_output=True, check=True, timeout=120)
+        assert self.token_path.is_file(), f"no token at {self.token_path}"
+        self.head = self._start_node(
+            "head", "--head", f"--port={self.port}", "--include-dashboard=false"
+        )
+        self._wait_cpus(1.0, "ray head node did not start")
+        self.start_worker()
+
+    def start_worker(self) -> None:
+        self.worker = self._start_node("worker", f"--address={self.address}")
+        self._wait_cpus(2.0, "the worker node did not join")
+
+    def worker_alive(self) -> bool:
+        return self.worker is not None and self.worker.poll() is None
+
+    def kill_worker(self) -> list[int]:
+        """SIGKILL every process of the worker node at once (its raylet, agents, and the
+        trial workers the raylet started, which run in sessions of their own), as when
+        the machine dies; returns their PIDs."""
+        assert self.worker is not None
+        tree = process_tree(self.worker.pid)
+        kill_processes(tree)
+        self.worker.wait(timeout=30)
+        return [pid for pid, _ in tree]
+
+    def ensure_worker(self) -> None:
+        """Start a new worker node if a test killed the last one."""
+        if not self.worker_alive():
+            self._wait_cpus(1.0, "the killed worker node is still counted")
+            self.start_worker()
+
+    def stop(self) -> None:
+        """Stop what is left of the nodes (a killed one is skipped), the newest first."""
+        for proc in reversed(self._nodes):
+            stop_tree(proc)
         # `ray start` records the cluster for later ray.init() calls; a killed --block run
         # leaves that record behind, pointing at a cluster that no longer exists
         record = Path(tempfile.gettempdir()) / "ray" / "ray_current_cluster"
-        if record.is_file() and record.read_text().strip().endswith(f":{port}"):
+        if record.is_file() and record.read_text().strip().endswith(f":{self.port}"):
             record.unlink()
 
 
@@ -254,3 +501,21 @@ def run_notebook(uri: str, experiment: str, cwd: Path, monkeypatch: pytest.Monke
     )
     client.execute()
     return nb
+
+
+@pytest.fixture(scope="session")
+def _ray_cluster_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RayCluster]:
+    cluster = RayCluster(tmp_path_factory.mktemp("ray_cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def ray_cluster(_ray_cluster_session: RayCluster) -> RayCluster:
+    """The session's two-node Ray cluster on 127.0.0.1, with both nodes up (a worker
+    node that an earlier test killed is replaced)."""
+    _ray_cluster_session.ensure_worker()
+    return _ray_cluster_session

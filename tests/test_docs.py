@@ -108,5 +108,8 @@ def test_documented_command_runs(repo: Path, command: str, capsys) -> None:
         rc = train.main([*args, *(f"--set={s}" for s in TINY_TRAIN)])
     else:
         write_store(repo)
+        # a team's server (https://...) is not reachable from a test: read the scratch store
+        store = f"sqlite:///{repo / 'mlruns.db'}"
+        args = [store if a.startswith(("http://", "https://")) else a for a in args]
         rc = report.main(args)
     assert rc == 0, capsys.readouterr().err[-2000:]

@@ -67,7 +67,10 @@ class TrialLogger(tune.Callback):
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
     ) -> None:
         values = trial_values(trial.config)
-        name = trial_run_name(self.tracker.next_trial_number(), values)
+        restarted = trial.trial_id in self.tracker.children  # resumed, retried or PBT-cloned
+        name = (
+            "restarted" if restarted else trial_run_name(self.tracker.next_trial_number(), values)
+        )
         self.tracker.trial_started(trial.trial_id, name, values)
         sampled = {k: v for k, v in values.items() if k != EXPERIMENT_KEY}
         names = short_names(list(sampled))

@@ -236,23 +236,8 @@ def test_bad_space_writes_nothing(tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_interrupted_search_resumes_into_the_same_runs(tmp_path: Path) -> None:
-    space = write_space(
-        tmp_path / "space.yaml",
-        train={"epochs": 6, "lr": 0.005},
-        search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
-    )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    args += ["--storage", str(tmp_path / "ray")]
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tune_losses.search", *args],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    uri, args = fifo_search(tmp_path, epochs=6)
+    proc = start_search(tmp_path, *args)
     for line in proc.stdout:
         if "epoch 2/6" in line:
             proc.send_signal(signal.SIGINT)
@@ -284,6 +269,19 @@ def assert_one_value_per_step(client: MlflowClient, child: Any) -> None:
         assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), (key, steps)
     curve = [m.value for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
     assert child.data.metrics["best_val_mIoU"] == max(curve)
+
+
+def fifo_search(tmp_path: Path, epochs: int) -> tuple[str, list[str]]:
+    """A 3-trial FIFO space of ``epochs`` epochs in ``tmp_path``: the store's URI and the
+    search's arguments (space, store, experiment ``e2e``, storage ``tmp_path/ray``)."""
+    space = write_space(
+        tmp_path / "space.yaml",
+        train={"epochs": epochs, "lr": 0.005},
+        search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
+    )
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    return uri, [*args, "--storage", str(tmp_path / "ray")]
 
 
 def start_search(cwd: Path, *args: str) -> subprocess.Popen[str]:
@@ -318,14 +316,7 @@ def sigkill_after(proc: subprocess.Popen[str], marker: str) -> str:
 def test_killed_driver_resumes_with_one_value_per_step(tmp_path: Path) -> None:
     """SIGKILL of the driver once a trial has reported twice (Ray's last snapshot may be
     older), then --resume: the reopened runs end FINISHED, no step logged twice."""
-    space = write_space(
-        tmp_path / "space.yaml",
-        train={"epochs": 4, "lr": 0.005},
-        search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
-    )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    args += ["--storage", str(tmp_path / "ray")]
+    uri, args = fifo_search(tmp_path, epochs=4)
     out = sigkill_after(start_search(tmp_path, *args), "epoch 2/4")
     assert "epoch 2/4" in out, out[-3000:]
     client, parents, children = runs_of(uri)

@@ -16,6 +16,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from tune_losses.config import SearchConfig
 from tune_losses.space import SearchSpace
+from tune_losses.tracking import stop_reason
 from tune_losses.tune.state import STUDY_FILE
 
 
@@ -88,13 +89,11 @@ class TellingOptunaSearch(OptunaSearch):
 
 
 def trial_state(result: dict[str, Any] | None, error: bool) -> str:
-    """The Optuna state of a finished Ray trial: FAIL, PRUNED (stopped by the scheduler
-    before its ``train.epochs``) or COMPLETE (ran them all, or stopped early on patience)."""
-    if error or not result:
-        return "FAIL"
-    if result.get("early_stopped") or result.get("epoch", 0) >= result.get("epochs_max", 0):
-        return "COMPLETE"
-    return "PRUNED"
+    """The Optuna state of a finished Ray trial, from how it stopped
+    (:func:`~tune_losses.tracking.stop_reason`): FAIL for an error, PRUNED when the scheduler
+    stopped it before its ``train.epochs``, COMPLETE when it ran them or stopped on patience."""
+    reason = stop_reason(result or {}, max_epochs=0, failed=error or not result)
+    return {"error": "FAIL", "asha": "PRUNED"}.get(reason, "COMPLETE")
 
 
 def study_storage(search: SearchConfig, run_dir: Path | None) -> optuna.storages.BaseStorage | None:

@@ -139,6 +139,24 @@ def test_resume_is_exact_with_loader_workers(tiny: dict, tmp_path: Path) -> None
     _assert_same_run(uninterrupted, resumed_history, straight, resumed)
 
 
+def test_uncertainty_weighting_trains_and_resumes_exactly(tiny: dict, tmp_path: Path) -> None:
+    """``loss.weighting: uncertainty``: the log-variances are optimised with the model (their
+    learned weights move from 1 and are logged per epoch) and restored by a resume."""
+    tiny["loss"]["weighting"] = "uncertainty"
+    exp = _resumable(tiny)
+    straight = Trainer(exp)
+    uninterrupted = list(straight.epochs())
+    assert straight.loss.log_vars is not None
+    assert not torch.equal(straight.loss.log_vars.detach(), torch.zeros(3))
+    weights = [r["weight/decode/ce"] for r in uninterrupted]
+    assert weights[0] != weights[-1] and all(w != 1.0 for w in weights)
+    groups = straight.optimizer.param_groups
+    assert groups[-1]["params"] == [straight.loss.log_vars] and groups[-1]["weight_decay"] == 0
+    resumed_history, resumed = _stop_and_resume(exp, tmp_path)
+    _assert_same_run(uninterrupted, resumed_history, straight, resumed)
+    torch.testing.assert_close(resumed.loss.log_vars, straight.loss.log_vars, rtol=0, atol=1e-6)
+
+
 def test_checkpoint_loads_with_weights_only(tiny: dict, tmp_path: Path) -> None:
     trainer = Trainer(validate_experiment(tiny))
     next(trainer.epochs())

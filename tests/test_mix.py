@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -235,3 +237,75 @@ def test_autocast_mix_is_float32(batch):
     torch.testing.assert_close(
         out.total, mix({"decode": logits.bfloat16().float()}, target, 1.0).total
     )
+
+
+def test_uncertainty_weighting_follows_kendall(batch):
+    """exp(-s) * w * L + s / 2 per term, recomputed by hand from each term alone."""
+    logits, target = batch
+    mix = LossMix({"weighting": "uncertainty", "decode": FIVE})
+    assert mix.log_vars is not None and mix.log_vars.shape == (5,)
+    with torch.no_grad():
+        mix.log_vars.copy_(torch.tensor([0.5, -0.3, 0.0, 1.2, -1.0]))
+    out = mix({"decode": logits}, target, progress=0.75)
+    fixed = LossMix({"decode": FIVE})({"decode": logits}, target, progress=0.75)
+    for s, key in zip([0.5, -0.3, 0.0, 1.2, -1.0], fixed.parts, strict=True):
+        expected = math.exp(-s) * fixed.parts[key] + s / 2
+        torch.testing.assert_close(out.parts[key], expected.reshape(()), rtol=1e-5, atol=1e-6)
+        assert out.weights[key] == pytest.approx(math.exp(-s) * fixed.weights[key])
+    torch.testing.assert_close(out.total, sum(out.parts.values()))
+
+
+def test_uncertainty_log_variances_learn_toward_the_optimum(batch):
+    """d/ds (exp(-s) L + s/2) = 0 at s = log(2 L): gradient steps on s alone get there."""
+    logits, target = batch
+    mix = LossMix({"weighting": "uncertainty", "decode": {"ce": {"weight": 1.0}}})
+    loss_value = cross_entropy(logits, target).item()
+    opt = torch.optim.SGD(mix.parameters(), lr=0.5)
+    for _ in range(200):
+        opt.zero_grad()
+        mix({"decode": logits}, target, 0.0).total.backward()
+        opt.step()
+    assert mix.log_vars.item() == pytest.approx(math.log(2 * loss_value), abs=1e-3)
+
+
+def test_uncertainty_gradcheck_float64(batch):
+    logits, target = batch
+    mix = LossMix({"weighting": "uncertainty", "decode": {"ce": {}, "dice": {"weight": 0.5}}})
+    mix = mix.double()
+    x = logits.double().requires_grad_()
+
+    assert torch.autograd.gradcheck(
+        lambda x: mix({"decode": x}, target, 0.0).total, (x,), eps=1e-6, atol=1e-5
+    )
+    s = mix.log_vars
+    grads = torch.autograd.grad(mix({"decode": x}, target, 0.0).total, s)[0]
+    ce, dice_value = cross_entropy(x, target).item(), dice(x, target).item()
+    expected = [0.5 - ce, 0.5 - 0.5 * dice_value]  # at s = 0: -w * L + 1/2
+    torch.testing.assert_close(grads, torch.tensor(expected, dtype=torch.float64))
+
+
+def test_uncertainty_skips_a_switched_off_term_and_its_regulariser(batch):
+    logits, target = batch
+    spec = {
+        "weighting": "uncertainty",
+        "decode": {
+            "ce": {},
+            "dice": {"weight": {"schedule": "step", "values": [0.0, 1.0], "milestones": [0.5]}},
+        },
+    }
+    mix = LossMix(spec)
+    out = mix({"decode": logits}, target, 0.0)
+    assert out.parts["decode/dice"].item() == 0.0
+    out.total.backward()
+    assert mix.log_vars.grad[1].item() == 0.0  # no s/2 pull while the term is off
+
+
+@pytest.mark.parametrize("value", ["learned", 1, {"kind": "uncertainty"}])
+def test_unknown_weighting_is_refused(value):
+    with pytest.raises(ValueError, match="loss.weighting: expected one of fixed, uncertainty"):
+        validate_loss({"weighting": value, "decode": {"ce": {}}})
+
+
+def test_fixed_weighting_has_no_parameters():
+    assert list(LossMix({"weighting": "fixed", "decode": {"ce": {}}}).parameters()) == []
+    assert list(LossMix({"decode": {"ce": {}}}).parameters()) == []

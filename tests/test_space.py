@@ -159,3 +159,18 @@ def test_grid_only_space_is_exhaustive() -> None:
             study.tell(trial, 0.0)
     assert seen == {(0.5, True), (0.5, False), (1.0, True), (1.0, False)}
     assert len(list(space.grid_points())) == 4
+
+
+def test_loss_weighting_can_be_searched() -> None:
+    """``loss.weighting`` is not a head: a choice over it samples and validates as a string."""
+    space = SearchSpace(
+        {
+            "loss": {
+                "weighting": {"choice": {"fixed": "fixed", "uncertainty": "uncertainty"}},
+                "decode": {"ce": {"weight": {"uniform": [0.1, 1.0]}}},
+            }
+        }
+    )
+    params, tree = sample(space, **{"loss.weighting": "uncertainty"})
+    exp = space.validate(tree)
+    assert exp.loss["weighting"] == "uncertainty" and list(exp.loss) == ["weighting", "decode"]

@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tune_losses.losses.spec import LossSpec, validate_loss
+from tune_losses.losses.spec import LossSpec, loss_heads, validate_loss
 from tune_losses.names import mlflow_name_problem
 
 
@@ -319,11 +319,11 @@ class Experiment(_Strict):
     @model_validator(mode="after")
     def _check_heads(self) -> Experiment:
         heads = {"decode", "aux"} if self.model.aux_head else {"decode"}
-        for head in self.loss:
+        for head in loss_heads(self.loss):
             if head not in heads:
                 hint = " (set model.aux_head: true)" if head == "aux" else ""
                 raise ValueError(f"loss.{head}: the model has no head {head!r}{hint}")
-        if not any(self.loss.values()):  # a head with no term is off; a loss needs one
+        if not any(loss_heads(self.loss).values()):  # a head with no term is off; a loss needs one
             raise ValueError("loss: every term is switched off; a run needs at least one term")
         return self
 

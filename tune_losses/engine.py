@@ -192,7 +192,10 @@ class Trainer:
         self.model, self.loss = run.model, run.loss
         if self.device.type == "cuda" and cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        params = self.model.parameters()
+        params: list[dict[str, Any]] = [{"params": list(self.model.parameters())}]
+        learned = list(self.loss.parameters())  # uncertainty weighting's log-variances
+        if learned:  # not decayed: decay would pull them to 0, a weight of 1
+            params.append({"params": learned, "weight_decay": 0.0})
         if cfg.optimizer == "sgd":
             self.optimizer: torch.optim.Optimizer = torch.optim.SGD(
                 params, lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay
@@ -363,6 +366,7 @@ class Trainer:
         """
         return {
             "model": self.model.state_dict(),
+            "loss": self.loss.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -383,6 +387,7 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Continue from :meth:`state_dict`'s output (model, optimiser, schedule, history, RNGs)."""
         self.model.load_state_dict(state["model"])
+        self.loss.load_state_dict(state.get("loss", {}))  # absent in older checkpoints
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -23,7 +23,7 @@ from .focal import focal
 from .lovasz import lovasz_hinge, lovasz_softmax
 from .mix import LossMix, LossOutput
 from .registry import LOSSES, get_loss, list_losses, register_loss, validate_options
-from .spec import LossSpec, TermSpec, validate_loss
+from .spec import WEIGHTINGS, LossSpec, TermSpec, loss_heads, loss_weighting, validate_loss
 
 __all__ = [
     "LOSSES",
@@ -44,6 +44,9 @@ __all__ = [
     "class_weights_from_frequencies",
     "TermSpec",
     "LossSpec",
+    "WEIGHTINGS",
+    "loss_heads",
+    "loss_weighting",
     "validate_loss",
     "LossMix",
     "LossOutput",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -15,7 +16,7 @@ from tune_losses.schedules import Schedule, build_schedule
 from ._functional import Prepared, float32_region
 from .class_weights import class_weights_from_frequencies
 from .registry import LossFn, get_loss
-from .spec import TermSpec, class_weight_target, validate_loss
+from .spec import TermSpec, class_weight_target, loss_heads, loss_weighting, validate_loss
 
 
 @dataclass
@@ -24,8 +25,10 @@ class LossOutput:
 
     Attributes:
         total: 0-dim tensor to back-propagate, the sum of ``parts``.
-        parts: weighted value of each term, keys ``"{head}/{term_key}"``.
-        weights: effective weight of each term at this progress, same keys.
+        parts: weighted value of each term, keys ``"{head}/{term_key}"`` (with uncertainty
+            weighting, ``exp(-s) * weight * term + s / 2``).
+        weights: effective weight of each term at this progress, same keys (with
+            uncertainty weighting, ``exp(-s) * weight``).
     """
 
     total: Tensor
@@ -62,13 +65,22 @@ class LossMix(nn.Module):
     Terms of one head share one softmax (:class:`~tune_losses.losses._functional.Prepared`);
     a term whose weight is 0 at the current progress is not computed at all.
 
+    With ``weighting: uncertainty`` the mix also learns one log-variance ``s_i`` per term
+    (a parameter, trained with the model, starting at 0) and adds
+    ``exp(-s_i) * w_i * L_i + s_i / 2``: the homoscedastic-uncertainty weighting of Kendall,
+    Gal and Cipolla, "Multi-task learning using uncertainty to weigh losses", CVPR 2018
+    (eq. 10, the classification form ``L / sigma^2 + log sigma`` with ``s = log sigma^2``).
+    A term whose scheduled weight is 0 is left out, regulariser included, so its ``s`` is not
+    driven down while it is off.
+
     Args:
         spec: ``{head: {term_key: TermSpec}}`` as the config holds it (validated there by
             :func:`~tune_losses.losses.spec.validate_loss`, and trusted here), or a raw
             mapping ``{head: {term_key: {"weight": number | schedule mapping, "term":
             registry name or "pkg.mod:fn" (default: term_key), "class_weights": method name
             or per-class list (for terms with a ``weight`` or ``alpha`` option),
-            **options}}}``, which goes through that same function.
+            **options}}}``, which goes through that same function; the key ``weighting``
+            (``fixed`` or ``uncertainty``) says how the terms combine.
         ignore_index: label of ignored pixels, passed to every term.
         class_frequencies: per-class pixel counts of the training masks, needed when a
             ``class_weights`` method is named; weights are computed once per method.
@@ -85,7 +97,7 @@ class LossMix(nn.Module):
 
     def __init__(
         self,
-        spec: Mapping[str, Mapping[str, TermSpec | Mapping[str, Any] | None]],
+        spec: Mapping[str, Mapping[str, TermSpec | Mapping[str, Any] | None] | str],
         *,
         ignore_index: int = 255,
         class_frequencies: np.ndarray | None = None,
@@ -96,11 +108,18 @@ class LossMix(nn.Module):
             None if class_frequencies is None else np.asarray(class_frequencies)
         )
         self._method_weights: dict[str, Tensor] = {}
+        checked = validate_loss(spec)
+        self.weighting = loss_weighting(checked)
         self._terms = [
             _resolve(head, key, term)
-            for head, terms in validate_loss(spec).items()
+            for head, terms in loss_heads(checked).items()
             for key, term in terms.items()
         ]
+        learned = self.weighting == "uncertainty"
+        self.log_vars: nn.Parameter | None
+        self.register_parameter(
+            "log_vars", nn.Parameter(torch.zeros(len(self._terms))) if learned else None
+        )
         if not self._terms:  # valid in a search space (every term "none"), not trainable
             raise ValueError("every term of the loss is switched off")
         for index, term in enumerate(self._terms):
@@ -152,7 +171,12 @@ class LossMix(nn.Module):
                 value = self._call(index, term, logits, target, preps[term.head])
                 if value.dtype not in (torch.float32, torch.float64):
                     value = value.float()
-                out.parts[term.key] = weight * value
+                if self.log_vars is None:
+                    out.parts[term.key] = weight * value
+                else:
+                    s = self.log_vars[index]
+                    out.parts[term.key] = torch.exp(-s) * weight * value + 0.5 * s
+                    out.weights[term.key] = weight * math.exp(-float(s.detach()))
         total = sum(out.parts.values(), torch.zeros((), device=target.device))
         if not preps:  # every weight is 0: keep a graph so backward() still works
             total = total + outputs[self._terms[0].head].sum() * 0.0
@@ -181,4 +205,4 @@ class LossMix(nn.Module):
                 "class_weights_source": term.class_weight_source,
                 "class_weights_param": term.class_weight_param,
             }
-        return {"ignore_index": self.ignore_index, "terms": terms}
+        return {"ignore_index": self.ignore_index, "weighting": self.weighting, "terms": terms}

@@ -82,8 +82,25 @@ class TermSpec(BaseModel):
         return self.model_dump()[key]
 
 
-LossSpec = dict[str, dict[str, TermSpec]]
+LossSpec = dict[str, dict[str, TermSpec] | str]
+"""``{head: {term_key: TermSpec}}``, plus ``weighting`` when the YAML names one."""
 _HEAD_FIELDS = ("weight", "term", "class_weights")
+
+WEIGHTING_KEY = "weighting"
+"""The one key of the loss section that is not a head: how the weighted terms combine."""
+WEIGHTINGS = ("fixed", "uncertainty")
+"""``fixed``: the sum of weight x term. ``uncertainty``: each weighted term is also scaled by a
+learned ``exp(-s)`` plus ``s / 2`` (Kendall et al. 2018), ``s`` one log-variance per term."""
+
+
+def loss_heads(spec: LossSpec) -> dict[str, dict[str, TermSpec]]:
+    """The heads of a validated loss section and their terms (``weighting`` left out)."""
+    return {head: terms for head, terms in spec.items() if head != WEIGHTING_KEY}  # type: ignore[misc]
+
+
+def loss_weighting(spec: Mapping[str, Any]) -> str:
+    """How the terms of a validated loss section combine: ``fixed`` unless it says otherwise."""
+    return str(spec.get(WEIGHTING_KEY, "fixed"))
 
 
 def class_weight_target(fn: LossFn) -> str | None:
@@ -116,6 +133,7 @@ def validate_loss(raw: Any) -> LossSpec:
     """Check a whole loss mapping; a term that is ``None`` is switched off, a TermSpec kept.
 
     Raises ``ValueError`` with one line naming the field (``loss.<head>.<term>.<field>: ...``).
+    The key ``weighting`` is not a head but one of :data:`WEIGHTINGS`.
     A head or term key must be able to name MLflow params and metrics; a head whose every
     weight is 0 all through training would not learn, so it is an error (a head with no
     term is simply off).
@@ -124,12 +142,20 @@ def validate_loss(raw: Any) -> LossSpec:
         raise ValueError("loss must map head names to terms, e.g. {decode: {ce: {weight: 1}}}")
     out: LossSpec = {}
     for head, terms in raw.items():
+        if head == WEIGHTING_KEY:
+            if terms not in WEIGHTINGS:
+                raise ValueError(
+                    f"loss.{WEIGHTING_KEY}: expected one of {', '.join(WEIGHTINGS)}, got {terms!r}"
+                )
+            out[WEIGHTING_KEY] = terms
+            continue
         problem = key_problem(str(head))
         if problem is not None:
             raise ValueError(f"loss.{head}: {problem}")
         if not isinstance(terms, Mapping):
             raise ValueError(f"loss.{head}: expected a mapping of terms, got {terms!r}")
-        out[str(head)] = {}
+        head_terms: dict[str, TermSpec] = {}
+        out[str(head)] = head_terms
         for key, spec in terms.items():
             problem = key_problem(str(key))
             if problem is not None:
@@ -142,8 +168,8 @@ def validate_loss(raw: Any) -> LossSpec:
                 raise ValueError(one_line(exc, WEIGHT_TAGS, f"loss.{head}.{key}")) from None
             except ValueError as exc:
                 raise ValueError(f"loss.{head}.{key}: {exc}") from None
-            out[str(head)][str(key)] = checked
-        _check_some_weight(str(head), out[str(head)])
+            head_terms[str(key)] = checked
+        _check_some_weight(str(head), head_terms)
     return out
 
 

@@ -22,6 +22,7 @@ from ray.tune.schedulers.pb2 import PB2
 from ray.tune.schedulers.pbt import PopulationBasedTraining
 
 from tune_losses.config import ConfigError, SearchConfig
+from tune_losses.losses.spec import loss_heads
 from tune_losses.schedules import step_values
 from tune_losses.space import SearchSpace
 from tune_losses.tune.trainable import EXPERIMENT_KEY, MEMBER_KEY
@@ -121,7 +122,7 @@ def learned_experiment(
     out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in experiment.items()}
     out["train"] = {**out["train"], "epochs": len(history)}
     loss: dict[str, Any] = {}
-    for head, terms in experiment["loss"].items():
+    for head, terms in loss_heads(experiment["loss"]).items():  # weights learned: fixed sum
         loss[head] = {}
         for key, spec in terms.items():
             values = [float(epoch[f"{head}/{key}"]) for epoch in history]

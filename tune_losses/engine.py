@@ -295,7 +295,7 @@ class Trainer:
             if isinstance(dataset, SegmentationDataset):  # the image before normalisation
                 raw, raw_label = dataset.source.load(index)
                 image, label = (
-                    torch.from_numpy(np.ascontiguousarray(raw)),
+                    torch.tensor(raw),  # a copy: the in-memory source is read-only
                     torch.as_tensor(raw_label),
                 )
             else:  # a bare dataset: the normalised tensor rescaled to [0, 255]

@@ -10,11 +10,9 @@ Example:
 
 from __future__ import annotations
 
-import sys
-
-from tune_losses.tune.cli import main
+from tune_losses.tune.cli import exit_now, main
 
 __all__ = ["main"]
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import socket
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,7 @@ CLONED_FROM = "pbt/cloned_from"  # in the first result after a PBT exploit: "<tr
 NODE_IP = "where/node_ip"  # in the first result of every run of the trainable: where it runs
 HOSTNAME = "where/hostname"
 DEVICE = "where/device"
+CHECKPOINT_TIME = "time/checkpoint_s"  # writing the epoch's checkpoint (beside time/epoch_s)
 
 
 class TrialFailed(RuntimeError):
@@ -86,9 +88,11 @@ def train_trial(config: dict[str, Any]) -> None:
         result.update(where)
         where = {}
         with tempfile.TemporaryDirectory() as directory:
+            start = time.perf_counter()
             trainer.save(directory)
             origin_of = {"trial_id": me, "epoch": trainer.epoch}
             (Path(directory) / ORIGIN_FILE).write_text(json.dumps(origin_of))
+            result[CHECKPOINT_TIME] = time.perf_counter() - start
             tune.report(result, checkpoint=tune.Checkpoint.from_directory(directory))
 
 

@@ -138,10 +138,21 @@ def variant_loss(name: str, base: dict[str, Any], args: argparse.Namespace) -> d
     return searched_loss(args)
 
 
+def finished(folder: Path) -> bool:
+    """Whether the run in ``folder`` ended: all its epochs, or stopped early (an interrupted
+    ``tune_losses.train`` also writes its summary)."""
+    if not (folder / "best.json").is_file() or not (folder / "history.json").is_file():
+        return False
+    history = json.loads((folder / "history.json").read_text())
+    return bool(history) and (
+        history[-1]["epoch"] == history[-1]["epochs_max"] or history[-1]["early_stopped"] == 1.0
+    )
+
+
 def train(variant: str, seed: int, base: dict[str, Any], args: argparse.Namespace) -> Path:
     """Train one variant at one seed (skipped when its summary exists); its run folder."""
     folder = args.out / "runs" / args.config_name / variant / f"seed{seed}"
-    if (folder / "best.json").is_file() and (folder / "history.json").is_file():
+    if finished(folder):
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     config = {**base, "loss": variant_loss(variant, base, args)}
@@ -260,6 +271,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="train nothing: tabulate the runs already finished in --out",
+    )
     return p.parse_args(argv)
 
 
@@ -281,7 +297,16 @@ def main(argv: list[str] | None = None) -> int:
     folders: dict[str, list[Path]] = {v: [] for v in args.variants}
     for seed in args.seeds:  # seed-major: every variant has seed 0 before any has seed 1
         for variant in args.variants:
-            folders[variant].append(train(variant, seed, base, args))
+            if not args.report_only:
+                folders[variant].append(train(variant, seed, base, args))
+                continue
+            folder = args.out / "runs" / args.config_name / variant / f"seed{seed}"
+            if finished(folder):
+                folders[variant].append(folder)
+    folders = {v: fs for v, fs in folders.items() if fs}
+    if not folders:
+        raise SystemExit(f"no finished run in {args.out / 'runs' / args.config_name}")
+    args.variants = list(folders)
     class_names = json.loads((folders[args.variants[0]][0] / "best.json").read_text())[
         "class_names"
     ]

@@ -12,7 +12,7 @@ Steps, each skipped when its output is already in ``--out`` (so a killed run res
    and ``--out/mlruns.db``; its ``best_config.yaml`` gives the searched loss;
 2. each variant trained with ``python -m tune_losses.train`` on ``--config`` (data, model and
    train sections; the variant gives the ``loss`` section) for every seed, into
-   ``--out/runs/<config>/<variant>/seed<k>``:
+   ``--out/runs/<config>/<variant>/seed<k>``, ``--jobs`` runs at once:
 
    - ``ce``: the config's own loss (plain CE on both heads);
    - ``paddleseg``: CE 0.8 + Lovasz 0.2 on the decode head (PaddleSeg's fixed mix), aux CE;
@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,12 @@ def train(variant: str, seed: int, base: dict[str, Any], args: argparse.Namespac
         return folder
     folder.mkdir(parents=True, exist_ok=True)
     config = {**base, "loss": variant_loss(variant, base, args)}
-    config["train"] = {**base.get("train", {}), "seed": seed, "epochs": args.epochs}
+    config["train"] = {
+        **base.get("train", {}),
+        "seed": seed,
+        "epochs": args.epochs,
+        "threads": args.threads,
+    }
     (folder / "variant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     cmd = [sys.executable, "-m", "tune_losses.train", "--config", str(folder / "variant.yaml")]
     run([*cmd, "--out", str(folder)], folder / "train.log")
@@ -270,6 +276,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="KEY=VALUE overrides of the search (as its --set)",
     )
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument(
+        "--jobs",
+        type=int,
+        default=2,
+        help="runs trained at once, each on cpus/jobs torch threads (one thread per run shares "
+        "a small CPU better than two threads that stall each other)",
+    )
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
     p.add_argument(
         "--report-only",
@@ -294,15 +307,18 @@ def main(argv: list[str] | None = None) -> int:
     args.config_name = args.config.stem
     base = yaml.safe_load(args.config.read_text())
     log(f"load average {os.getloadavg()[0]:.2f}; {args.config_name}, seeds {args.seeds}")
+    args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    tasks = [(v, seed) for seed in args.seeds for v in args.variants]  # seed 0 of all first
+    if not args.report_only:
+        if "searched" in args.variants:
+            searched_loss(args)  # the search first, on every core
+        with ThreadPoolExecutor(args.jobs) as pool:
+            list(pool.map(lambda task: train(*task, base, args), tasks))
     folders: dict[str, list[Path]] = {v: [] for v in args.variants}
-    for seed in args.seeds:  # seed-major: every variant has seed 0 before any has seed 1
-        for variant in args.variants:
-            if not args.report_only:
-                folders[variant].append(train(variant, seed, base, args))
-                continue
-            folder = args.out / "runs" / args.config_name / variant / f"seed{seed}"
-            if finished(folder):
-                folders[variant].append(folder)
+    for variant, seed in tasks:
+        folder = args.out / "runs" / args.config_name / variant / f"seed{seed}"
+        if finished(folder):
+            folders[variant].append(folder)
     folders = {v: fs for v, fs in folders.items() if fs}
     if not folders:
         raise SystemExit(f"no finished run in {args.out / 'runs' / args.config_name}")

@@ -43,6 +43,7 @@ def test_defaults_make_a_loss_only_file_valid() -> None:
         ({"data": {"augment": {"crop": [100, 96]}}}, "augment.crop [100, 96] must be a multiple"),
         ({"data": {"augment": {"scale": [2, 1]}}}, "data.augment.scale: expected [low, high]"),
         ({"search": {"metric": "val/miou"}}, "search.metric: unknown metric 'val/miou'"),
+        ({"search": {"sampler": "grid"}}, "search.sampler: Input should be 'tpe' or 'random'"),
         ({"loss": {"decode": {"focl": {"weight": 1}}}}, "loss.decode.focl: unknown loss 'focl'"),
         ({"loss": {"decode": {"focal": {"gama": 2}}}}, "loss.decode.focal.gama: Extra inputs"),
         ({"loss": {"decode": {"focal": {"gamma": "x"}}}}, "loss.decode.focal.gamma:"),

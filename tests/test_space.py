@@ -159,6 +159,7 @@ def test_grid_only_space_is_exhaustive() -> None:
             study.tell(trial, 0.0)
     assert seen == {(0.5, True), (0.5, False), (1.0, True), (1.0, False)}
     assert len(list(space.grid_points())) == 4
+    assert space.exhaustive and space.num_trials == 4
 
 
 def test_loss_weighting_can_be_searched() -> None:
@@ -174,3 +175,17 @@ def test_loss_weighting_can_be_searched() -> None:
     params, tree = sample(space, **{"loss.weighting": "uncertainty"})
     exp = space.validate(tree)
     assert exp.loss["weighting"] == "uncertainty" and list(exp.loss) == ["weighting", "decode"]
+
+
+@pytest.mark.parametrize("sampler", ["tpe", "random"])
+def test_a_named_sampler_samples_a_grid_space_as_choices(sampler: str) -> None:
+    raw = {
+        "loss": {"decode": {"ce": {"weight": {"grid": [0.5, 1.0]}}}},
+        "search": {"sampler": sampler, "num_samples": 5},
+    }
+    space = SearchSpace(raw)
+    assert space.grid_only and not space.exhaustive
+    assert space.num_trials == 5
+    params, tree = sample(space)
+    assert set(params) == {"loss.decode.ce.weight.grid"}  # a categorical of the grid's labels
+    assert float(params["loss.decode.ce.weight.grid"]) == tree["loss"]["decode"]["ce"]["weight"]

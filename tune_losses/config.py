@@ -234,6 +234,11 @@ class SearchConfig(_Strict):
     ``metric`` may list several metrics (with ``mode`` one per metric, or one for all): the
     search is then multi-objective (Optuna's multi-objective TPE, FIFO: ASHA and PBT need
     one metric) and ranks trials by their Pareto front.
+
+    ``sampler`` unset: TPE, or every point once when all markers are ``grid``. ``tpe`` or
+    ``random`` samples ``num_samples`` trials even from a grid-only space (grid markers are
+    then categorical choices), so that a sampler can be compared with the full grid on the
+    same space file.
     """
 
     metric: str | list[str] = "val/mIoU"
@@ -252,6 +257,7 @@ class SearchConfig(_Strict):
         return v
 
     num_samples: int = Field(8, ge=1)
+    sampler: Literal["tpe", "random"] | None = None
     max_concurrent: int = Field(2, ge=1)
     scheduler: Literal["asha", "fifo", "pbt", "pb2"] = "asha"
     perturbation_interval: int = Field(2, ge=1)

@@ -307,6 +307,18 @@ class SearchSpace:
         """The most epochs any trial can train (``train.epochs`` may itself be searched)."""
         return max(v.train.epochs for v in self.variants)
 
+    @property
+    def exhaustive(self) -> bool:
+        """Whether a search runs every grid point once: a grid-only space and no
+        ``search.sampler`` asked for (with one, grid markers are sampled as choices)."""
+        return self.grid_only and self.experiment.search.sampler is None
+
+    @property
+    def num_trials(self) -> int:
+        """Trials a search of this space runs: the grid's points when it is
+        :attr:`exhaustive`, else ``search.num_samples``."""
+        return self.grid_size() if self.exhaustive else self.experiment.search.num_samples
+
     def grid_size(self) -> int:
         """Number of points of a grid-only space (0 for any other space)."""
         return math.prod(len(v) for v in self.grid().values()) if self.grid_only else 0

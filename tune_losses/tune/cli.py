@@ -100,8 +100,7 @@ def dry_run(space: SearchSpace, n: int = 3) -> None:
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=make_sampler(space))
-    exp = space.experiment
-    total = space.grid_size() or exp.search.num_samples
+    total = space.num_trials
     print(f"{space.source}: valid; {len(space.markers)} markers, {total} trials planned")
     for i in range(min(n, total)):
         trial = study.ask()
@@ -160,7 +159,7 @@ def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
         "space_sha256": run_state.space_hash(args.space),
         "overrides": list(args.overrides),
         "num_samples": exp.search.num_samples,
-        "total": space.grid_size() or exp.search.num_samples,
+        "total": space.num_trials,
         "max_epochs": space.max_epochs,
         "command": reproduce_command(args),
     }

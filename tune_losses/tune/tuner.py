@@ -21,10 +21,13 @@ from tune_losses.tune.state import STUDY_FILE
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """TPE (seeded) for random markers; an exhaustive grid when every marker is ``grid``."""
+    """The seeded sampler of ``search.sampler``: TPE by default, Optuna's random sampler for
+    ``random``, and an exhaustive grid when every marker is ``grid`` and none is named."""
     search = space.experiment.search
-    if space.grid_only:
+    if space.exhaustive:
         return optuna.samplers.GridSampler(space.grid(), seed=search.seed)
+    if search.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=search.seed)
     with warnings.catch_warnings():  # `group` is marked experimental in Optuna 5
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
@@ -136,7 +139,7 @@ def new_tuner(
         tune_config=tune.TuneConfig(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
             scheduler=make_scheduler(search, space.max_epochs),
-            num_samples=space.grid_size() or search.num_samples,
+            num_samples=space.num_trials,
         ),
         run_config=_run_config(search, name, results, callback),
     )

@@ -1,0 +1,64 @@
+"""``benchmarks/bench_search.py --quick``: three searches run, their numbers read back."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.slow
+def test_quick_search_benchmark_reads_back_every_way(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    script = ROOT / "benchmarks" / "bench_search.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["quick"] and list(results["datasets"]) == ["synthetic"]
+    synthetic = results["datasets"]["synthetic"]
+    points, epochs = synthetic["grid_points"], synthetic["epochs"]
+    assert (points, epochs) == (4, 2) and synthetic["grid_epochs"] == points * epochs
+    rows = {row["way"]: row for row in synthetic["rows"]}
+    assert sorted(rows) == ["grid", "random", "tpe"] and len(synthetic["rows"]) == 3
+    for way, row in rows.items():
+        assert row["trials"] == points  # every trial asked for was read back
+        assert row["epochs_spent"] == row["epochs_run_tags"]  # history and tags agree
+        assert math.isfinite(row["best"]) and 0.0 <= row["best"] <= 100.0
+        reach = row["epochs_to_target"]
+        assert reach is None or 1 <= reach <= row["epochs_spent"]
+        if way != "grid":  # ASHA: each trial trains its grace period, at most all epochs
+            assert points <= row["epochs_spent"] <= points * epochs
+    grid = rows["grid"]
+    assert grid["epochs_spent"] == points * epochs  # FIFO, no early stopping
+    assert grid["epochs_to_target"] is not None
+    assert grid["fraction_of_grid"] == grid["epochs_to_target"] / (points * epochs)
+    assert Path(synthetic["plot"]).is_file() and Path(synthetic["plot"]).stat().st_size > 0
+    assert "| way | seed | trials | epochs spent | best val mIoU |" in done.stdout
+    assert done.stdout.count("| grid | 0 | 4 | 8 |") == 1
+
+    again = subprocess.run(  # resumable: stored searches are read back, not run again
+        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("done before, read back") == 3
+    rows_again = json.loads((tmp_path / "results.json").read_text())["datasets"]["synthetic"]
+    assert rows_again["rows"] == synthetic["rows"]

@@ -140,6 +140,9 @@ def new_tuner(
             search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
             scheduler=make_scheduler(search, space.max_epochs),
             num_samples=space.num_trials,
+            # a finished trial's worker takes the next trial: no new process that imports
+            # torch and the model code again (seconds per trial)
+            reuse_actors=True,
         ),
         run_config=_run_config(search, name, results, callback),
     )

@@ -65,6 +65,18 @@ AUX_CE_WEIGHT: dict[str, Any] = {
 }
 
 
+def run_benchmark(script: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``benchmarks/<script> --quick --out <out> ARGS`` in ``out``, this checkout imported."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), "--quick", "--out", str(out), *args],
+        cwd=out,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+
+
 def run_cli(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProcess[str]:
     """``python -m tune_losses.search ARGS`` in ``cwd`` (``path`` extends PYTHONPATH)."""
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), path) if p)}

@@ -7,15 +7,13 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_benchmark
+
 LEVEL_KEYS = {
     "threads",
     "plain_epoch_s",
@@ -36,16 +34,7 @@ def _positive_finite(value: Any) -> bool:
 
 @pytest.mark.slow
 def test_quick_overhead_benchmark_writes_positive_numbers(tmp_path: Path) -> None:
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "bench_overhead.py"), "--quick"]
-        + ["--out", str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = run_benchmark("bench_overhead.py", tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     assert "| trials at once |" in done.stdout
     summary = json.loads((tmp_path / "overhead.json").read_text())["summary"]

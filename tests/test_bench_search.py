@@ -4,28 +4,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import run_benchmark
 
 
 @pytest.mark.slow
 def test_quick_search_benchmark_reads_back_every_way(tmp_path: Path) -> None:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    script = ROOT / "benchmarks" / "bench_search.py"
-    done = subprocess.run(
-        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    done = run_benchmark("bench_search.py", tmp_path)
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["quick"] and list(results["datasets"]) == ["synthetic"]
@@ -50,14 +38,7 @@ def test_quick_search_benchmark_reads_back_every_way(tmp_path: Path) -> None:
     assert "| way | seed | trials | epochs spent | best val mIoU |" in done.stdout
     assert done.stdout.count("| grid | 0 | 4 | 8 |") == 1
 
-    again = subprocess.run(  # resumable: stored searches are read back, not run again
-        [sys.executable, str(script), "--quick", "--out", str(tmp_path)],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    again = run_benchmark("bench_search.py", tmp_path)  # stored searches are read back
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("done before, read back") == 3
     rows_again = json.loads((tmp_path / "results.json").read_text())["datasets"]["synthetic"]

@@ -36,6 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -96,10 +97,25 @@ def run(cmd: list[str], logfile: Path) -> None:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}; see {logfile}")
 
 
+def best_trial_loss(args: argparse.Namespace) -> dict[str, Any]:
+    """The loss of the best trial the search in ``--out`` has logged so far, ranked as the
+    search ranks them (its leaderboard's first row), for a search stopped before its end."""
+    from tune_losses.tracking import TRIAL_CONFIG, find_parent, load_trials, open_client
+
+    client = open_client(f"sqlite:///{args.out / 'mlruns.db'}")
+    best = load_trials(client, find_parent(client, "bench_gain"))[0]
+    with tempfile.TemporaryDirectory() as scratch:
+        config = Path(client.download_artifacts(best.run_id, TRIAL_CONFIG, scratch)).read_text()
+    log(f"searched loss: best trial so far, {best.name} (val mIoU {best.best:.2f})")
+    return yaml.safe_load(config)["loss"]
+
+
 def searched_loss(args: argparse.Namespace) -> dict[str, Any]:
     """The best loss of the search in ``--out`` (run or resumed here when it has none)."""
     storage = args.out / "ray_results"
     found = sorted(storage.glob("*/best_config.yaml"), key=lambda p: p.stat().st_mtime)
+    if not found and args.take_best:
+        return best_trial_loss(args)
     if not found:
         cmd = [
             sys.executable,
@@ -284,6 +300,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "a small CPU better than two threads that stall each other)",
     )
     p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument(
+        "--take-best",
+        action="store_true",
+        help="a stored search that did not finish is not resumed: its best trial so far is "
+        "the searched loss",
+    )
     p.add_argument(
         "--report-only",
         action="store_true",

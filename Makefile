@@ -22,7 +22,7 @@ test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	TUNE_LOSSES_REQUIRE_DATA=$${TUNE_LOSSES_REQUIRE_DATA:-0} $(PY) -m pytest -q
+	TUNE_LOSSES_REQUIRE_DATA=$${TUNE_LOSSES_REQUIRE_DATA:-0} $(PY) -m pytest -q --durations=15
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

@@ -342,6 +342,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--camvid-train", type=int, default=64)
     p.add_argument("--camvid-val", type=int, default=32)
     p.add_argument("--camvid-epochs", type=int, default=4)
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="run nothing: score the searches already finished in --out",
+    )
     args = p.parse_args(argv)
     datasets = args.datasets or (["synthetic"] if args.quick else ["synthetic", "camvid"])
     seeds = [0] if args.quick else args.seeds
@@ -351,9 +356,12 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for name in datasets:
         setting = synthetic(args.quick) if name == "synthetic" else camvid(args)
-        summaries = [run_search(setting, "grid", 0, args.out)]
-        for seed in seeds:
-            summaries += [run_search(setting, way, seed, args.out) for way in ("tpe", "random")]
+        runs = [("grid", 0)] + [(way, seed) for seed in seeds for way in ("tpe", "random")]
+        if args.report_only:
+            runs = [
+                (w, s) for w, s in runs if (args.out / name / f"{w}-seed{s}" / SUMMARY).is_file()
+            ]
+        summaries = [run_search(setting, way, seed, args.out) for way, seed in runs]
         rows = score(summaries, args.tolerance)
         grid_best = next(r["best"] for r in rows if r["way"] == "grid")
         png = args.out / f"search_{name}.png"

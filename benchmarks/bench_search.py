@@ -116,21 +116,17 @@ def synthetic(quick: bool) -> Setting:
         data = {"num_train": 16, "num_val": 8, "size": 32, "num_classes": 4}
         model = {**SMALL_MODEL, "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]}}
         model["aux_channels"] = 8
-        space = {
-            "data": {"format": "synthetic", "synthetic": data, "batch_size": 8},
-            "model": model,
-            "train": {"epochs": 2, "lr": 0.005},
-            "loss": QUICK_LOSS,
-        }
-        return Setting("synthetic", space, grace_period=1, points=4)
-    data = {"num_train": 64, "num_val": 32, "size": 48, "num_classes": 5}
+        train, loss, grace, points = {"epochs": 2, "lr": 0.005}, QUICK_LOSS, 1, 4
+    else:
+        data = {"num_train": 64, "num_val": 32, "size": 48, "num_classes": 5}
+        model, train, loss, grace, points = SMALL_MODEL, {"epochs": 6, "lr": 0.01}, FULL_LOSS, 2, 12
     space = {
         "data": {"format": "synthetic", "synthetic": data, "batch_size": 8},
-        "model": SMALL_MODEL,
-        "train": {"epochs": 6, "lr": 0.01},
-        "loss": FULL_LOSS,
+        "model": model,
+        "train": train,
+        "loss": loss,
     }
-    return Setting("synthetic", space, grace_period=2, points=12)
+    return Setting("synthetic", space, grace_period=grace, points=points)
 
 
 def camvid(args: argparse.Namespace) -> Setting:

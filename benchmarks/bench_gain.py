@@ -44,6 +44,8 @@ from typing import Any
 
 import yaml
 
+from tune_losses.tiny import tiny_experiment
+
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("ce", "paddleseg", "uncertainty", "searched")
 FIVE_TERMS = {
@@ -55,22 +57,7 @@ FIVE_TERMS = {
 }
 AUX_CE = {"ce": {"weight": 0.4}}
 
-QUICK_CONFIG = {
-    "data": {
-        "format": "synthetic",
-        "synthetic": {"num_train": 16, "num_val": 8, "size": 32, "num_classes": 4},
-        "batch_size": 8,
-    },
-    "model": {
-        "arch": "Unet",
-        "encoder": "tu-mobilenetv3_small_050",
-        "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]},
-        "aux_head": True,
-        "aux_channels": 8,
-    },
-    "train": {"epochs": 2, "lr": 0.005, "threads": 1},
-    "loss": {"decode": {"ce": {"weight": 1.0}}, "aux": dict(AUX_CE)},
-}
+QUICK_CONFIG = tiny_experiment()  # plain CE on both heads (aux 0.4)
 QUICK_SPACE = {
     **QUICK_CONFIG,
     "loss": {

@@ -53,9 +53,10 @@ from typing import Any
 
 import yaml
 
+from tune_losses.tiny import tiny_experiment
+
 ROOT = Path(__file__).resolve().parents[1]
 FULL_DATA = {"num_train": 128, "num_val": 32, "size": 64, "num_classes": 5}
-QUICK_DATA = {"num_train": 16, "num_val": 8, "size": 32, "num_classes": 5}
 LOSS = {
     "decode": {"ce": {"weight": 1.0}, "dice": {"weight": 0.5}},
     "aux": {"ce": {"weight": 0.4}, "lovasz": {"weight": 0.3, "classes": "all"}},
@@ -79,21 +80,22 @@ PHASES = (
 
 
 def experiment(epochs: int, quick: bool) -> dict[str, Any]:
-    """The fixed experiment both ways train: quickstart's model, synthetic data."""
+    """The fixed experiment both ways train: quickstart's model on synthetic data, or the
+    tiny experiment (``--quick``)."""
+    search = {"scheduler": "fifo", "num_samples": 1, "max_concurrent": 1}
+    train = {"epochs": epochs, "lr": 0.01}
+    if quick:
+        return tiny_experiment(train=train, search=search, loss=LOSS)
     return {
-        "data": {
-            "format": "synthetic",
-            "synthetic": QUICK_DATA if quick else FULL_DATA,
-            "batch_size": 8,
-        },
+        "data": {"format": "synthetic", "synthetic": FULL_DATA, "batch_size": 8},
         "model": {
             "arch": "Unet",
             "encoder": "tu-mobilenetv3_small_050",
             "kwargs": {"decoder_channels": [64, 32, 16, 16, 8]},
             "aux_channels": 32,
         },
-        "train": {"epochs": epochs, "lr": 0.01},
-        "search": {"scheduler": "fifo", "num_samples": 1, "max_concurrent": 1},
+        "train": train,
+        "search": search,
         "loss": LOSS,
     }
 

@@ -54,6 +54,8 @@ from typing import Any
 
 import yaml
 
+from tune_losses.tiny import tiny_experiment
+
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "bench_search"
 WAYS = ("tpe", "random", "grid")
@@ -113,20 +115,16 @@ class Setting:
 def synthetic(quick: bool) -> Setting:
     """The embedded synthetic set: quickstart's model at 48 px, or a tiny one (``--quick``)."""
     if quick:
-        data = {"num_train": 16, "num_val": 8, "size": 32, "num_classes": 4}
-        model = {**SMALL_MODEL, "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]}}
-        model["aux_channels"] = 8
-        train, loss, grace, points = {"epochs": 2, "lr": 0.005}, QUICK_LOSS, 1, 4
-    else:
-        data = {"num_train": 64, "num_val": 32, "size": 48, "num_classes": 5}
-        model, train, loss, grace, points = SMALL_MODEL, {"epochs": 6, "lr": 0.01}, FULL_LOSS, 2, 12
+        space = tiny_experiment(train={"epochs": 2, "lr": 0.005}, loss=QUICK_LOSS)
+        return Setting("synthetic", space, grace_period=1, points=4)
+    data = {"num_train": 64, "num_val": 32, "size": 48, "num_classes": 5}
     space = {
         "data": {"format": "synthetic", "synthetic": data, "batch_size": 8},
-        "model": model,
-        "train": train,
-        "loss": loss,
+        "model": SMALL_MODEL,
+        "train": {"epochs": 6, "lr": 0.01},
+        "loss": FULL_LOSS,
     }
-    return Setting("synthetic", space, grace_period=grace, points=points)
+    return Setting("synthetic", space, grace_period=2, points=12)
 
 
 def camvid(args: argparse.Namespace) -> Setting:

@@ -22,29 +22,9 @@ from typing import Any, NamedTuple
 import pytest
 import yaml
 
+from tune_losses.tiny import tiny_experiment
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def tiny_experiment(**sections: Any) -> dict[str, Any]:
-    """A raw experiment (synthetic data, ~0.2 M-parameter model) that trains in seconds."""
-    raw: dict[str, Any] = {
-        "data": {
-            "format": "synthetic",
-            "synthetic": {"num_train": 16, "num_val": 8, "size": 32, "num_classes": 4},
-            "batch_size": 8,
-        },
-        "model": {
-            "arch": "Unet",
-            "encoder": "tu-mobilenetv3_small_050",
-            "kwargs": {"decoder_channels": [16, 16, 8, 8, 8]},
-            "aux_channels": 8,
-        },
-        "train": {"epochs": 2, "lr": 0.005, "threads": 1},
-        "loss": {"decode": {"ce": {"weight": 1.0}}, "aux": {"ce": {"weight": 0.4}}},
-    }
-    for key, value in sections.items():
-        raw[key] = value
-    return raw
 
 
 @pytest.fixture

@@ -11,10 +11,10 @@ from typing import Any
 import pytest
 import yaml
 
-from conftest import tiny_experiment
 from tune_losses.config import ConfigError
 from tune_losses.search import main as search_main
 from tune_losses.space import SearchSpace
+from tune_losses.tiny import tiny_experiment
 from tune_losses.train import main as train_main
 from tune_losses.tune import cli
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 from test_data import real_data
 
-from conftest import tiny_experiment
 from tune_losses import report, search, train
+from tune_losses.tiny import tiny_experiment
 from tune_losses.tracking import SearchTracker
 
 ROOT = Path(__file__).resolve().parents[1]

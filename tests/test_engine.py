@@ -9,7 +9,6 @@ import matplotlib.image
 import pytest
 import torch
 
-from conftest import tiny_experiment
 from tune_losses.config import Experiment, validate_experiment
 from tune_losses.engine import (
     PREDICTIONS_FILE,
@@ -20,6 +19,7 @@ from tune_losses.engine import (
 )
 from tune_losses.metrics import SegmentationMetrics
 from tune_losses.plots import predictions_png_size
+from tune_losses.tiny import tiny_experiment
 
 
 def test_epochs_report_every_part_weight_and_metric(tiny: dict) -> None:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_experiment
 from tune_losses import tracking
+from tune_losses.tiny import tiny_experiment
 from tune_losses.tracking import (
     LEADERBOARD_COLUMNS,
     SearchTracker,

@@ -7,8 +7,8 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_experiment
 from tune_losses.config import load_experiment
+from tune_losses.tiny import tiny_experiment
 from tune_losses.train import main
 
 

@@ -84,7 +84,7 @@ def test_reopen_pages_through_every_child(search: SearchTracker, monkeypatch) ->
     shown here with a page of 2 runs."""
     for trial_id in "abcde":
         search.trial_started(trial_id, trial_id, _trial_config(0.5))
-    monkeypatch.setattr(tracking, "_PAGE", 2)
+    monkeypatch.setattr(tracking.readers, "_PAGE", 2)
     again = SearchTracker(search.uri, search.experiment)
     again.reopen(search.parent_id)
     assert sorted(again.children) == list("abcde")
@@ -155,7 +155,7 @@ def test_environment_tags_name_real_versions_and_the_checkout() -> None:
     versions = tracking.package_versions()
     assert set(versions) == set(tracking.VERSIONED_PACKAGES)
     assert versions["mlflow"][0].isdigit() and versions["ray"][0].isdigit()
-    if (Path(tracking.__file__).parents[1] / ".git").exists():  # run from a checkout
+    if (Path(tracking.__file__).parents[2] / ".git").exists():  # run from a checkout
         assert len(tracking.git_tags()[tracking.GIT_COMMIT_TAG]) == 40
     assert tracking.git_tags(Path("/")) == {}
 

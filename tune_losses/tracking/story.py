@@ -1,0 +1,91 @@
+"""The parent run's story: its markdown description, trial counts and links to runs."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from tune_losses.tracking.leaderboard import searched_params, short_names, short_value
+from tune_losses.tracking.names import (
+    BEST_METRIC,
+    EPOCHS_SPENT,
+    LEADERBOARD,
+    REPORT_DIR,
+    TRIALS_COMPLETED,
+    TRIALS_FAILED,
+    TRIALS_PRUNED,
+)
+from tune_losses.tracking.readers import TrialRecord
+
+STORY_TOP = 5
+
+
+def trial_counts(trials: Sequence[TrialRecord]) -> dict[str, float]:
+    """How the trials ended: failed (error), pruned (stopped by ASHA), completed (the rest:
+    ran all epochs or stopped early on their own), and the epochs trained in all."""
+    failed = sum(t.status == "FAILED" or t.stop_reason.startswith("error") for t in trials)
+    pruned = sum(t.stop_reason == "asha" and t.status != "FAILED" for t in trials)
+    epochs = sum(int(t.epochs_run) if t.epochs_run.isdigit() else len(t.history) for t in trials)
+    return {
+        TRIALS_COMPLETED: float(len(trials) - failed - pruned),
+        TRIALS_PRUNED: float(pruned),
+        TRIALS_FAILED: float(failed),
+        EPOCHS_SPENT: float(epochs),
+    }
+
+
+def run_link(experiment_id: str, run_id: str) -> str:
+    """The MLflow UI's address of a run, relative to the UI's root (works in a description)."""
+    return f"#/experiments/{experiment_id}/runs/{run_id}"
+
+
+def search_story(
+    trials: Sequence[TrialRecord],
+    experiment_id: str,
+    *,
+    reproduce: str,
+    retrain: str,
+    top: int = STORY_TOP,
+) -> str:
+    """The parent run's markdown description: the winner with a link to its run, how the
+    trials ended, the ``top`` trials with their searched values and stop reasons, and the
+    commands that reproduce the search and retrain the winner. ``trials`` are best first."""
+    counts = trial_counts(trials)
+    lines = []
+    best = next((t for t in trials if math.isfinite(t.best)), None)
+    if best is None:
+        lines.append("**No trial reported a val mIoU.**")
+    else:
+        link = run_link(experiment_id, best.run_id)
+        lines.append(
+            f"**Best trial: [{best.name}]({link})**, {BEST_METRIC} **{best.best:.2f}** "
+            f"(run `{best.run_id}`, {best.stop_reason or best.status.lower()})."
+        )
+    lines.append(
+        f"{len(trials)} trials: {counts[TRIALS_COMPLETED]:.0f} completed, "
+        f"{counts[TRIALS_PRUNED]:.0f} pruned by ASHA, {counts[TRIALS_FAILED]:.0f} failed; "
+        f"{counts[EPOCHS_SPENT]:.0f} epochs trained."
+    )
+    searched = searched_params(trials)
+    names = short_names(searched)
+    shown = trials[:top]
+    if shown:
+        header = ["#", "trial", BEST_METRIC, "ended", "epochs", *(names[k] for k in searched)]
+        lines += ["", f"### Top {len(shown)}", "", _md_row(header), _md_row(["---"] * len(header))]
+        for rank, t in enumerate(shown, 1):
+            value = f"{t.best:.2f}" if math.isfinite(t.best) else "-"
+            cells = [str(rank), f"[{t.name}]({run_link(experiment_id, t.run_id)})", value]
+            cells += [t.stop_reason or t.status.lower(), t.epochs_run]
+            cells += [short_value(t.params.get(k, "")) or "-" for k in searched]
+            lines.append(_md_row(cells))
+    lines += ["", "### Reproduce the search", "", "```bash", reproduce, "```"]
+    lines += ["", "### Retrain the winner", "", "```bash", retrain, "```"]
+    lines += [
+        "",
+        f"Every trial is in `{LEADERBOARD}`; plots and `report.html` under `{REPORT_DIR}/`.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def _md_row(cells: Sequence[str]) -> str:
+    return "| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |"

@@ -1,0 +1,78 @@
+"""The MLflow writers: a client on one experiment with batched logging; a training run's logger."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from mlflow.entities import Metric, Param
+from mlflow.tracking import MlflowClient
+
+from tune_losses.tracking.names import numeric_metrics
+
+_PARAM_MAX = 6000
+_BATCH = 100
+
+
+class _Writer:
+    """An MLflow client on one store and experiment, with batched params and metrics."""
+
+    def __init__(self, uri: str, experiment: str) -> None:
+        self.uri, self.experiment = uri, experiment
+        self.client = MlflowClient(tracking_uri=uri)
+        found = self.client.get_experiment_by_name(experiment)
+        self.experiment_id = (
+            found.experiment_id if found else self.client.create_experiment(experiment)
+        )
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Log ``params`` as strings, in batches of the size MLflow accepts."""
+        items = [Param(k, str(v)[:_PARAM_MAX]) for k, v in params.items()]
+        for i in range(0, len(items), _BATCH):
+            self.client.log_batch(run_id, params=items[i : i + _BATCH])
+
+    def log_metrics(self, run_id: str, result: Mapping[str, Any], step: int, ts: int) -> None:
+        """Log the numbers of one epoch (:func:`numeric_metrics`) at ``step``."""
+        metrics = [Metric(k, v, ts, step) for k, v in numeric_metrics(result).items()]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
+
+    def log_best_epoch(self, run_id: str, summary: Mapping[str, Any]) -> None:
+        """The best epoch's summary (engine's ``Trainer.summary``) as JSON and plots."""
+        from tune_losses.plots import plot_confusion_matrix, plot_per_class_iou
+
+        summary = dict(summary)
+        names = summary["class_names"]
+        self.client.log_dict(run_id, summary.pop("loss_setup", {}), "loss_setup.json")
+        self.client.log_dict(run_id, summary, "best_epoch.json")
+        with tempfile.TemporaryDirectory() as tmp:
+            if summary.get("confmat") is not None:
+                png = plot_confusion_matrix(summary["confmat"], names, Path(tmp) / "confmat.png")
+                self.client.log_artifact(run_id, str(png), "best_epoch")
+            if summary.get("iou_per_class"):
+                png = plot_per_class_iou(summary["iou_per_class"], names, Path(tmp) / "iou.png")
+                self.client.log_artifact(run_id, str(png), "best_epoch")
+
+
+class RunLogger(_Writer):
+    """MLflow logging of one ``tune_losses.train`` run (no search, no parent)."""
+
+    def __init__(self, uri: str, experiment: str, run_name: str, params: Mapping[str, Any]) -> None:
+        super().__init__(uri, experiment)
+        self.run_id = self.client.create_run(self.experiment_id, run_name=run_name).info.run_id
+        self.log_params(self.run_id, params)
+
+    def log_epoch(self, result: Mapping[str, Any]) -> None:
+        """Log one epoch's numbers at step = epoch."""
+        self.log_metrics(self.run_id, result, int(result.get("epoch", 0)), int(time.time() * 1000))
+
+    def log_artifact(self, path: str | Path) -> None:
+        """Attach a file to the run."""
+        self.client.log_artifact(self.run_id, str(path))
+
+    def end(self, status: str) -> None:
+        """Close the run with ``status`` (FINISHED, FAILED or KILLED)."""
+        self.client.set_terminated(self.run_id, status)

@@ -1,0 +1,67 @@
+"""The report's one self-contained HTML page."""
+
+from __future__ import annotations
+
+import base64
+import math
+from collections.abc import Sequence
+from html import escape
+from pathlib import Path
+
+from mlflow.entities import Run
+
+from tune_losses.report.importances import Importances
+from tune_losses.report.tables import status_summary
+from tune_losses.tracking import BEST_METRIC, TrialRecord, searched_params, short_value
+
+
+def report_html(
+    parent: Run,
+    trials: Sequence[TrialRecord],
+    importances: Importances,
+    pictures: Sequence[Path],
+) -> str:
+    """One self-contained HTML page: the leaderboard (every trial, the searched params),
+    the importances and every picture embedded as base64 PNG, for people who would rather
+    look than read; opens from a file, a mail or MLflow's artifact view alike."""
+    name = parent.info.run_name or parent.info.run_id
+    searched = searched_params(trials)
+    head = ["#", "trial", "run id", "status", "ended", "epochs", BEST_METRIC, *searched]
+    rows = []
+    for rank, t in enumerate(trials, 1):
+        best = f"{t.best:.2f}" if math.isfinite(t.best) else "-"
+        cells = [str(rank), t.name, t.run_id, t.status, t.stop_reason, t.epochs_run, best]
+        rows.append(cells + [short_value(t.params.get(k, "")) for k in searched])
+    parts = [
+        f"<h1>Search {escape(name)}</h1>",
+        f"<p>run <code>{escape(parent.info.run_id)}</code>, {escape(parent.info.status.lower())}: "
+        f"{escape(status_summary(trials))}</p>",
+        "<h2>Leaderboard</h2>",
+        _html_table(head, rows),
+        "<h2>Parameter importances</h2>",
+    ]
+    if importances.values:
+        items = [[k, f"{v:.3f}"] for k, v in importances.values.items()]
+        parts.append(_html_table(["param", "importance (fANOVA)"], items))
+    else:
+        parts.append(f"<p>{escape(importances.message or 'none')}</p>")
+    for picture in pictures:
+        data = base64.b64encode(picture.read_bytes()).decode("ascii")
+        parts.append(f"<h2>{escape(picture.stem.replace('_', ' '))}</h2>")
+        parts.append(f'<img alt="{escape(picture.name)}" src="data:image/png;base64,{data}">')
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+        "td,th{border:1px solid #ccc;padding:2px 6px;font-size:13px}img{max-width:100%}"
+    )
+    return (
+        f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{escape(name)}</title>'
+        f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
+    )
+
+
+def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    th = "".join(f"<th>{escape(h)}</th>" for h in head)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{escape(c)}</td>" for c in row) + "</tr>\n" for row in rows
+    )
+    return f"<table>\n<tr>{th}</tr>\n{body}</table>"

@@ -78,7 +78,7 @@ def write_space(path: Path, **sections: object) -> Path:
         "max_concurrent": 2,
         "grace_period": 1,
         "reduction_factor": 2,
-        "n_startup_trials": 6,
+        "n_startup_trials": 2,
     }
     raw["loss"] = {
         "decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}},

@@ -164,3 +164,19 @@ def test_several_metrics_need_fifo_and_one_mode_each() -> None:
     assert "use scheduler: fifo" in error_of({"search": {"metric": ["val/mIoU", "val/mDice"]}})
     two_modes = {"metric": ["val/mIoU", "val/mDice"], "mode": ["max"], "scheduler": "fifo"}
     assert "one per metric" in error_of({"search": two_modes})
+
+
+def test_start_up_trials_scale_with_the_budget_and_never_swallow_it() -> None:
+    # a third of num_samples, within [1, 10], when the space does not say
+    by_budget = {3: 1, 8: 2, 24: 8, 100: 10, 1: 1}
+    for samples, startup in by_budget.items():
+        search = validate_experiment({"search": {"num_samples": samples}}).search
+        assert search.startup_trials == startup
+    given = validate_experiment({"search": {"num_samples": 8, "n_startup_trials": 5}})
+    assert given.search.startup_trials == 5
+    message = error_of({"search": {"num_samples": 8, "n_startup_trials": 8}})
+    assert message.startswith("space.yaml: search: n_startup_trials: 8 random start-up trials")
+    assert "the default is 2" in message
+    # a random search has no TPE trials to leave
+    random = {"num_samples": 4, "n_startup_trials": 4, "sampler": "random"}
+    assert validate_experiment({"search": random}).search.sampler == "random"

@@ -8,7 +8,15 @@ import pickle
 import pytest
 from pydantic import TypeAdapter, ValidationError
 
-from tune_losses.schedules import SCHEDULES, Constant, Linear, Schedule, Weight, build_schedule
+from tune_losses.schedules import (
+    SCHEDULES,
+    Constant,
+    Linear,
+    Schedule,
+    Weight,
+    build_schedule,
+    played_epoch,
+)
 
 CASES = [
     (0.7, (0.7, 0.7, 0.7)),
@@ -109,3 +117,29 @@ def test_bad_weights_raise(spec, match):
         build_schedule(spec)
     with pytest.raises(ValueError):  # pydantic's ValidationError is a ValueError
         TypeAdapter(Weight).validate_python(spec)
+
+
+@pytest.mark.parametrize(
+    "weight,settles",
+    [
+        (0.7, 0.0),
+        ({"schedule": "linear", "start": 0.5, "end": 0.1}, 0.0),  # a ramp runs from step 1
+        ({"schedule": "step", "values": [0.0, 0.2], "milestones": [0.7]}, 0.7),
+        ({"schedule": "step", "values": [1.0, 2.0, 2.0], "milestones": [0.4, 0.9]}, 0.4),
+        ({"schedule": "step", "values": [1.0, 1.0], "milestones": [0.5]}, 0.0),
+        ({"schedule": "warmup", "value": 1.0, "warmup": 0.25}, 0.25),
+        ({"schedule": "warmup", "value": 1.0, "warmup": 0.25, "start": 1.0}, 0.0),
+    ],
+)
+def test_settles_at_the_last_change(weight, settles):
+    assert build_schedule(weight).settles_at() == settles
+
+
+def test_played_epoch_is_the_first_epoch_wholly_past_the_point():
+    # epoch e of 8 covers progress [(e - 1) / 8, e / 8)
+    assert played_epoch(0.0, 8) == 0
+    assert played_epoch(0.7, 8) == 7  # 0.7 lies in epoch 6 = [0.625, 0.75)
+    assert played_epoch(0.75, 8) == 7  # epoch 7 starts at 0.75
+    assert played_epoch(0.625, 8) == 6
+    assert played_epoch(0.95, 8) == 8  # never later than the last epoch
+    assert played_epoch(0.1, 4) == 2

@@ -228,6 +228,12 @@ def best_metric_name(metric: str) -> str:
 Mode = Literal["max", "min"]
 
 
+def default_startup_trials(num_samples: int) -> int:
+    """TPE's random start-up trials when the space does not say: a third of the budget, at
+    most 10 (Optuna's own default), at least 1, so the search always has TPE trials."""
+    return max(1, min(10, num_samples // 3))
+
+
 class SearchConfig(_Strict):
     """Ray Tune settings: Optuna TPE proposes, ASHA stops the weak trials.
 
@@ -263,8 +269,9 @@ class SearchConfig(_Strict):
     perturbation_interval: int = Field(2, ge=1)
     optuna_storage: str | None = None
     grace_period: int = Field(1, ge=1)
+    schedule_aware: bool = True  # ASHA judges no trial before its weight schedules played
     reduction_factor: int = Field(2, ge=2)
-    n_startup_trials: int = Field(4, ge=1)
+    n_startup_trials: int | None = Field(None, ge=1)
     seed: int = 0
     cpus_per_trial: float = Field(1.0, gt=0.0)
     gpus_per_trial: float = Field(0.0, ge=0.0)
@@ -280,7 +287,20 @@ class SearchConfig(_Strict):
                 f"scheduler: {self.scheduler} needs one metric; with several "
                 f"({', '.join(metrics)}) use scheduler: fifo"
             )
+        n = self.n_startup_trials
+        if n is not None and n >= self.num_samples and self.sampler != "random":
+            raise ValueError(
+                f"n_startup_trials: {n} random start-up trials of num_samples "
+                f"{self.num_samples} leave TPE none to propose; use fewer (the default is "
+                f"{default_startup_trials(self.num_samples)}) or sampler: random"
+            )
         return self
+
+    @property
+    def startup_trials(self) -> int:
+        """TPE's random start-up trials: ``n_startup_trials``, else
+        :func:`default_startup_trials` of ``num_samples``."""
+        return self.n_startup_trials or default_startup_trials(self.num_samples)
 
     @property
     def objectives(self) -> list[tuple[str, str]]:

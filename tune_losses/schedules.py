@@ -45,6 +45,13 @@ class Schedule(BaseModel):
     def _knots(self) -> tuple[float, ...]:
         return (0.0, 1.0)
 
+    def settles_at(self) -> float:
+        """The progress from which the weight is on its last regime: 0 for a constant and
+        for a ramp (its shape runs from the first step), the last milestone where a step
+        schedule changes value, the end of a warm-up. A run cut before this point has not
+        played the schedule (a late switch-on is plain CE until then)."""
+        return 0.0
+
 
 class Constant(Schedule):
     """The same weight throughout."""
@@ -118,6 +125,11 @@ class Step(Schedule):
     def _knots(self) -> tuple[float, ...]:
         return (0.0, *self.milestones, 1.0)
 
+    def settles_at(self) -> float:
+        pairs = zip(self.milestones, self.values[:-1], self.values[1:], strict=True)
+        changes = [m for m, before, after in pairs if before != after]
+        return changes[-1] if changes else 0.0
+
 
 class Warmup(Schedule):
     """Linear ``start -> value`` over the first ``warmup`` fraction of training, then ``value``."""
@@ -131,6 +143,9 @@ class Warmup(Schedule):
         if p >= self.warmup:
             return self.value
         return self.start + (self.value - self.start) * p / self.warmup
+
+    def settles_at(self) -> float:
+        return self.warmup if self.start != self.value else 0.0
 
 
 AnySchedule = Annotated[
@@ -169,6 +184,16 @@ def build_schedule(weight: float | Schedule | Mapping[str, Any]) -> Schedule:
     if not isinstance(weight, Schedule | float):
         weight = _WEIGHT.validate_python(weight)
     return weight if isinstance(weight, Schedule) else Constant(value=weight)
+
+
+def played_epoch(settles_at: float, epochs: int) -> int:
+    """The first epoch (1-based) trained wholly past progress ``settles_at``, so a run judged
+    after it has trained at least one epoch with every weight on its last regime: epoch
+    ``e`` covers progress ``[(e - 1) / epochs, e / epochs)``, hence ``ceil(p epochs) + 1``,
+    at most ``epochs``; 0 when nothing is left to play (``settles_at`` 0)."""
+    if settles_at <= 0.0:
+        return 0
+    return min(epochs, math.ceil(settles_at * epochs - 1e-9) + 1)
 
 
 def step_values(values: Sequence[float]) -> dict[str, object]:

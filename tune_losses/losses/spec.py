@@ -98,6 +98,17 @@ def loss_heads(spec: LossSpec) -> dict[str, dict[str, TermSpec]]:
     return {head: terms for head, terms in spec.items() if head != WEIGHTING_KEY}  # type: ignore[misc]
 
 
+def settles_at(spec: LossSpec) -> float:
+    """The progress by which every weight of a validated loss section is on its last regime
+    (the latest :meth:`~tune_losses.schedules.Schedule.settles_at` of its terms)."""
+    points = [
+        build_schedule(term.weight).settles_at()
+        for terms in loss_heads(spec).values()
+        for term in terms.values()
+    ]
+    return max(points, default=0.0)
+
+
 def loss_weighting(spec: Mapping[str, Any]) -> str:
     """How the terms of a validated loss section combine: ``fixed`` unless it says otherwise."""
     return str(spec.get(WEIGHTING_KEY, "fixed"))

@@ -17,6 +17,7 @@ from ray.tune.search.optuna import OptunaSearch
 from tune_losses.config import SearchConfig
 from tune_losses.space import SearchSpace
 from tune_losses.tracking import stop_reason
+from tune_losses.tune.rungs import ScheduleAwareASHA
 from tune_losses.tune.state import STUDY_FILE
 
 
@@ -32,18 +33,20 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         return optuna.samplers.TPESampler(
             seed=search.seed,
-            n_startup_trials=search.n_startup_trials,
+            n_startup_trials=search.startup_trials,
             multivariate=True,
             group=True,
         )
 
 
 def make_scheduler(search: SearchConfig, max_epochs: int) -> TrialScheduler:
-    """ASHA on ``search.metric`` (one rung per ``reduction_factor``), or plain FIFO
-    (PBT and PB2: :func:`tune_losses.tune.pbt.make_pbt`)."""
+    """ASHA on ``search.metric`` (one rung per ``reduction_factor``; schedule-aware unless
+    ``search.schedule_aware`` is false), or plain FIFO (PBT and PB2:
+    :func:`tune_losses.tune.pbt.make_pbt`)."""
     if search.scheduler != "asha":
         return FIFOScheduler()
-    return ASHAScheduler(
+    asha = ScheduleAwareASHA if search.schedule_aware else ASHAScheduler
+    return asha(
         time_attr="training_iteration",
         metric=search.metric,
         mode=search.mode,

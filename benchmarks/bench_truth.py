@@ -196,7 +196,7 @@ def table(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def markdown(result: dict[str, Any]) -> str:
-    rows = ["| loss | seeds | best val mIoU per seed | mean | sd | se |", "|---|---|---|---|---|---|"]
+    rows = ["| loss | seeds | best val mIoU per seed | mean | sd | se |", "|---" * 6 + "|"]
     order = sorted(result["truth"], key=lambda n: -result["truth"][n]["mean"])
     for name in order:
         t = result["truth"][name]
@@ -205,7 +205,8 @@ def markdown(result: dict[str, Any]) -> str:
             f"| {name} | {len(t['seeds'])} | {finals} | {t['mean']:.2f} | {t['sd']:.2f} "
             f"| {t['se']:.2f} |"
         )
-    rows += ["", f"Rank lines (Spearman) over the {len(result['complete'])} losses with every seed:"]
+    complete = len(result["complete"])
+    rows += ["", f"Rank lines (Spearman) over the {complete} losses with every seed:"]
     rows += ["", "| what a search sees | vs the truth |", "|---|---|"]
     rows += [f"| {k} | {v:.2f} |" for k, v in result["rank_lines"].items()]
     return "\n".join(rows)

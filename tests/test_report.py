@@ -166,6 +166,7 @@ def test_report_latest_search(store, tmp_path, capsys):
     logged = store["client"].list_artifacts(store["parent"], "report")
     assert {Path(f.path).name for f in logged} == {
         "leaderboard.csv",
+        "trust.json",
         "importances.json",
         "curves.png",
         "importances.png",

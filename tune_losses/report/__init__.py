@@ -17,6 +17,7 @@ The files are also logged on the parent run under ``report/`` unless ``--no-log`
 
 One job a file: :mod:`~tune_losses.report.importances` (how importances are computed,
 in its docstring), :mod:`~tune_losses.report.figures`, :mod:`~tune_losses.report.tables`,
+:mod:`~tune_losses.report.trust` (rank lines, the noise ceiling),
 :mod:`~tune_losses.report.html`, :mod:`~tune_losses.report.files` (write and log them) and
 :mod:`~tune_losses.report.cli`; import their names from here.
 
@@ -30,7 +31,13 @@ from __future__ import annotations
 
 from tune_losses.report.cli import build_parser, default_out, main, report
 from tune_losses.report.figures import plot_curves, plot_importances, plot_schedules
-from tune_losses.report.files import HTML_FILE, SCHEDULE_TRIALS, log_report, write_report
+from tune_losses.report.files import (
+    HTML_FILE,
+    SCHEDULE_TRIALS,
+    log_report,
+    search_trust,
+    write_report,
+)
 from tune_losses.report.html import report_html
 from tune_losses.report.importances import (
     MIN_TRIALS,
@@ -45,6 +52,7 @@ from tune_losses.report.tables import (
     print_leaderboard,
     status_summary,
 )
+from tune_losses.report.trust import Trust, measure_trust, spearman
 from tune_losses.tracking import TrialRecord
 
 __all__ = [
@@ -55,11 +63,13 @@ __all__ = [
     "TERMINAL_WIDTH",
     "Importances",
     "TrialRecord",
+    "Trust",
     "build_parser",
     "default_out",
     "equal_budget",
     "log_report",
     "main",
+    "measure_trust",
     "param_importances",
     "plot_curves",
     "plot_importances",
@@ -68,6 +78,8 @@ __all__ = [
     "print_leaderboard",
     "report",
     "report_html",
+    "search_trust",
+    "spearman",
     "status_summary",
     "write_report",
 ]

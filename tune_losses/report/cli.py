@@ -13,7 +13,7 @@ from mlflow.entities import Run
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tune_losses.report.files import log_report, write_report
+from tune_losses.report.files import log_report, search_trust, write_report
 from tune_losses.report.importances import Importances, param_importances
 from tune_losses.report.tables import (
     TERMINAL_WIDTH,
@@ -86,9 +86,13 @@ def report(
     print_leaderboard(
         trials, f"Leaderboard of {name} (best val mIoU, %)", top, csv=out / LEADERBOARD
     )
-    importances = param_importances(trials)
+    trust = search_trust(parent, trials)
+    print(f"what the search can trust: {trust.sentence()}")
+    importances = param_importances(trials, budget=trust.trusted)
     print_importances(importances)
-    written = write_report(client, parent, trials, out, top=top, importances=importances)
+    written = write_report(
+        client, parent, trials, out, top=top, importances=importances, trust=trust
+    )
     print(f"wrote to {out}:")
     names = ", ".join(p.name for p in written)
     print(textwrap.fill(names, TERMINAL_WIDTH, initial_indent="  ", subsequent_indent="  "))

@@ -17,6 +17,7 @@ from mlflow.tracking import MlflowClient
 from tune_losses.report.figures import plot_curves, plot_importances, plot_schedules
 from tune_losses.report.html import report_html
 from tune_losses.report.importances import Importances, param_importances
+from tune_losses.report.trust import Trust, measure_trust, rungs_of
 from tune_losses.tracking import (
     CURVE_METRIC,
     LEADERBOARD,
@@ -40,19 +41,24 @@ def write_report(
     *,
     top: int | None = None,
     importances: Importances | None = None,
+    trust: Trust | None = None,
 ) -> list[Path]:
     """Write the report's files into ``out`` (nothing printed); returns them.
 
-    ``leaderboard.csv``, ``importances.json``, ``curves.png``, ``importances.png`` (when
+    ``leaderboard.csv``, ``trust.json`` (:func:`search_trust`), ``importances.json`` (at
+    the rung the search trusts), ``curves.png``, ``importances.png`` (when
     there are importances), ``schedules.png`` (the applied loss weights of the top trials)
     and ``report.html`` (all of it on one self-contained page). The search calls it at its
     end, ``python -m tune_losses.report`` at any time.
     """
-    importances = importances or param_importances(trials)
+    trust = trust or search_trust(parent, trials)
+    importances = importances or param_importances(trials, budget=trust.trusted)
     name = parent.info.run_name or parent.info.run_id
     out.mkdir(parents=True, exist_ok=True)
     (out / LEADERBOARD).write_text(leaderboard_csv(leaderboard_rows(trials)))
     written = [out / LEADERBOARD]
+    (out / "trust.json").write_text(json.dumps(trust.to_json(), indent=2) + "\n")
+    written.append(out / "trust.json")
     data = {"parent_run_id": parent.info.run_id, "parent_run_name": name}
     data.update(importances.to_json())
     (out / "importances.json").write_text(json.dumps(data, indent=2) + "\n")
@@ -74,10 +80,17 @@ def write_report(
         if picture is not None:
             pictures.append(picture)
             written.append(picture)
-    html = report_html(parent, trials, importances, pictures)
+    html = report_html(parent, trials, importances, pictures, trust.sentence())
     (out / HTML_FILE).write_text(html, encoding="utf-8")
     written.append(out / HTML_FILE)
     return written
+
+
+def search_trust(parent: Run, trials: Sequence[TrialRecord]) -> Trust:
+    """:func:`~tune_losses.report.trust.measure_trust` at the search's ASHA rungs (from its
+    parent's params) below the longest run's epochs."""
+    longest = max((t.history[-1][0] for t in trials if t.history), default=0)
+    return measure_trust(trials, rungs_of(parent.data.params, longest))
 
 
 def _download(client: MlflowClient, run_id: str, name: str, out: Path, as_name: str) -> Path | None:

@@ -20,6 +20,7 @@ def report_html(
     trials: Sequence[TrialRecord],
     importances: Importances,
     pictures: Sequence[Path],
+    trust: str = "",
 ) -> str:
     """One self-contained HTML page: the leaderboard (every trial, the searched params),
     the importances and every picture embedded as base64 PNG, for people who would rather
@@ -38,13 +39,19 @@ def report_html(
         f"{escape(status_summary(trials))}</p>",
         "<h2>Leaderboard</h2>",
         _html_table(head, rows),
+        "<h2>What the search can trust</h2>",
+        f"<p>{escape(trust or 'not measured')}</p>",
         "<h2>Parameter importances</h2>",
+        f"<p>for the {escape(importances.objective)}</p>",
     ]
-    if importances.values:
-        items = [[k, f"{v:.3f}"] for k, v in importances.values.items()]
-        parts.append(_html_table(["param", "importance (fANOVA)"], items))
-    else:
-        parts.append(f"<p>{escape(importances.message or 'none')}</p>")
+    for title, imp in [("", importances), *importances.options.items()]:
+        if title:
+            parts.append(f"<h3>inside {escape(title)} ({imp.n_trials} trials)</h3>")
+        if imp.values:
+            items = [[k, f"{v:.3f}"] for k, v in imp.values.items()]
+            parts.append(_html_table(["param", "importance (fANOVA)"], items))
+        else:
+            parts.append(f"<p>{escape(imp.message or 'none')}</p>")
     for picture in pictures:
         data = base64.b64encode(picture.read_bytes()).decode("ascii")
         parts.append(f"<h2>{escape(picture.stem.replace('_', ' '))}</h2>")

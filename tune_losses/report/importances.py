@@ -1,24 +1,26 @@
-"""Parameter importances (fANOVA) of the sampled ``loss.*`` params at equal epoch budget.
+"""Parameter importances (fANOVA) of the sampled ``loss.*`` params at one epoch budget.
 
 How they are computed: an Optuna study is rebuilt in memory from the FINISHED
 children that have a ``best_val_mIoU``. MLflow keeps params as strings, so a param whose
 values all parse as finite numbers gets ``FloatDistribution(min, max)`` over the observed
 values and any other gets ``CategoricalDistribution`` of the observed strings. Only params
-present in every one of those trials are used (a conditional param, e.g. the weight of a
-term that only exists in one branch of a ``choice``, is left out; its branch's ``.choice``
-param still carries the effect). Params with a single observed value carry no signal and
-are left out; params whose values equal another's in every trial (a ``choice`` label and
-the value it resolves to) are aliases and only the shortest name is kept.
+present in every one of those trials are used at the top level (a conditional param, e.g.
+the weight of a term that only exists in one branch of a ``choice``, is left out there; its
+branch's ``.choice`` param carries the effect), and each option of a ``choice`` gets its own
+importances over the trials where it was chosen, of the params inside it. Params with a
+single observed value carry no signal and are left out; params whose values equal
+another's in every trial (a ``choice`` label and the value it resolves to) are aliases and
+only the shortest name is kept.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from tune_losses.tracking import CURVE_METRIC, TrialRecord
+from tune_losses.tracking import CHOICE_SUFFIXES, CURVE_METRIC, REPEAT_TAG, TrialRecord
 
 MIN_TRIALS = 3
 
@@ -35,12 +37,14 @@ class Importances:
     evaluator: str
     message: str | None = None
     budget: int | None = None
+    options: dict[str, Importances] = field(default_factory=dict)
+    basis: str = "the epochs every trial ran"
 
     @property
     def objective(self) -> str:
         """What the importances explain: the best val mIoU within the same epoch budget."""
         where = f" up to epoch {self.budget}" if self.budget else ""
-        return f"best {CURVE_METRIC}{where} (the epochs every trial ran)"
+        return f"best {CURVE_METRIC}{where} ({self.basis})"
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -53,6 +57,7 @@ class Importances:
             "skipped_params": self.skipped,
             "aliases": self.aliases,
             "message": self.message,
+            "options": {k: v.to_json() for k, v in self.options.items()},
         }
 
 
@@ -72,32 +77,73 @@ def equal_budget(trials: Sequence[TrialRecord]) -> tuple[int, dict[str, float]]:
     if not with_curve:
         return 0, {}
     budget = min(t.history[-1][0] for t in with_curve)
+    return budget, at_epoch(with_curve, budget)
+
+
+def at_epoch(trials: Sequence[TrialRecord], epoch: int) -> dict[str, float]:
+    """Each trial that reached ``epoch``: its best ``val/mIoU`` up to it (a rung's view)."""
     values = {}
-    for t in with_curve:
-        seen = [v for step, v in t.history if step <= budget and math.isfinite(v)]
-        if seen:
-            values[t.run_id] = max(seen)
-    return budget, values
+    for t in trials:
+        if t.history and t.history[-1][0] >= epoch:
+            seen = [v for step, v in t.history if step <= epoch and math.isfinite(v)]
+            if seen:
+                values[t.run_id] = max(seen)
+    return values
 
 
-def param_importances(trials: Sequence[TrialRecord], seed: int = 0) -> Importances:
-    """fANOVA importances of the ``loss.*`` params for the best ``val/mIoU`` at equal budget
-    (:func:`equal_budget`).
+def param_importances(
+    trials: Sequence[TrialRecord], seed: int = 0, budget: int | None = None
+) -> Importances:
+    """fANOVA importances of the ``loss.*`` params for the best ``val/mIoU`` at ``budget``
+    epochs (the trials that reached it), or at equal budget (:func:`equal_budget`) when
+    none is given; ``options`` holds, per option of each ``choice``, the importances of the
+    params inside that option over the trials where it was chosen.
 
-    Rebuilds an in-memory Optuna study from the FINISHED trials (see the module
-    docstring for the distributions and which params are used) and calls
+    Rebuilds an in-memory Optuna study from the FINISHED trials (a repeat at another seed
+    is left out: its configuration counts once; see the module docstring for the
+    distributions and which params are used) and calls
     ``optuna.importance.get_param_importances`` with a seeded
     ``FanovaImportanceEvaluator`` (Hutter, Hoos, Leyton-Brown 2014, "An Efficient
     Approach for Assessing Hyperparameter Importance"). Never raises for too little
     data: ``message`` says why ``values`` is empty.
     """
+    finished = [t for t in trials if t.status == "FINISHED" and not t.tags.get(REPEAT_TAG)]
+    basis = "the epochs every trial ran"
+    if budget is None:
+        budget, at_budget = equal_budget(finished)
+    else:
+        at_budget, basis = at_epoch(finished, budget), "the rung the search trusts"
+    done = [t for t in finished if t.run_id in at_budget]
+    result = _importances(done, at_budget, seed, budget)
+    result.basis = basis
+    for choice in sorted({k for t in done for k in t.params if k.endswith(CHOICE_SUFFIXES)}):
+        prefix = choice.rsplit(".", 1)[0]
+        for label in sorted({t.params[choice] for t in done if choice in t.params}):
+            inside = f"{prefix}.{label}"
+            chosen = [t for t in done if t.params.get(choice) == label]
+            keys = {
+                k for t in chosen for k in t.params if k == inside or k.startswith(inside + ".")
+            }
+            if keys:
+                result.options[f"{choice}={label}"] = _importances(
+                    chosen, at_budget, seed, budget, only=sorted(keys)
+                )
+    return result
+
+
+def _importances(
+    done: Sequence[TrialRecord],
+    at_budget: dict[str, float],
+    seed: int,
+    budget: int | None,
+    only: Sequence[str] | None = None,
+) -> Importances:
+    """fANOVA over ``done`` (their values in ``at_budget``), of the params they all have
+    (among ``only`` when given)."""
     import optuna
     from optuna.distributions import CategoricalDistribution, FloatDistribution
 
     evaluator_name = "FanovaImportanceEvaluator"
-    finished = [t for t in trials if t.status == "FINISHED"]
-    budget, at_budget = equal_budget(finished)
-    done = [t for t in finished if t.run_id in at_budget]
     result = Importances({}, len(done), [], {}, {}, evaluator_name, budget=budget or None)
     if len(done) < MIN_TRIALS:
         result.message = (
@@ -105,7 +151,7 @@ def param_importances(trials: Sequence[TrialRecord], seed: int = 0) -> Importanc
             f"history (have {len(done)})"
         )
         return result
-    all_keys = sorted({k for t in done for k in t.params})
+    all_keys = list(only) if only is not None else sorted({k for t in done for k in t.params})
     common = [k for k in all_keys if all(k in t.params for t in done)]
     for key in all_keys:
         if key not in common:

@@ -108,27 +108,39 @@ def _width(header: str, values: Sequence[str]) -> int:
 
 
 def print_importances(importances: Importances, file: Any = None) -> None:
-    """Rich table of the importances, or the reason there are none."""
+    """Rich table of the importances, or the reason there are none; then one table per
+    ``choice`` option, of the params inside it."""
     from rich.console import Console
-    from rich.table import Table
     from rich.text import Text
 
     console = Console(file=file or sys.stdout, width=120)
     if not importances.values:
         console.print(Text(f"parameter importances: {importances.message}"))
-        return
-    table = Table(
-        title=f"Parameter importances (fANOVA, {importances.n_trials} finished trials) "
-        f"for the {importances.objective}"
-    )
+    else:
+        title = (
+            f"Parameter importances (fANOVA, {importances.n_trials} finished trials) "
+            f"for the {importances.objective}"
+        )
+        console.print(_importance_table(title, importances.values))
+        if importances.skipped:
+            console.print(Text(f"not used: {', '.join(sorted(importances.skipped))}"))
+    for option, inside in importances.options.items():
+        if inside.values:
+            title = f"inside {option} ({inside.n_trials} trials)"
+            console.print(_importance_table(title, inside.values))
+
+
+def _importance_table(title: str, values: dict[str, float]) -> Any:
+    from rich.table import Table
+    from rich.text import Text
+
+    table = Table(title=title)
     table.add_column("param")
     table.add_column("importance", justify="right")
     table.add_column("")
-    for key, value in importances.values.items():
+    for key, value in values.items():
         table.add_row(Text(key), f"{value:.3f}", "#" * round(30 * value))
-    console.print(table)
-    if importances.skipped:
-        console.print(Text(f"not used: {', '.join(sorted(importances.skipped))}"))
+    return table
 
 
 def status_summary(trials: Sequence[TrialRecord]) -> str:

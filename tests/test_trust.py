@@ -98,3 +98,16 @@ def test_importances_cover_the_weights_inside_each_choice_option() -> None:
         {"loss.aux.ce.weight.constant": 1.0}
     )
     assert "the rung the search trusts" in imp.objective
+
+
+def test_a_folded_first_run_keeps_its_own_value() -> None:
+    """load_trials folds repeats into the first run (``best`` the seed mean, ``seeds`` each
+    value): the rank lines and the ceiling still use each run's own value."""
+    trials = [run(n, c) for n, c in (("a", [1, 40]), ("b", [2, 60]), ("c", [3, 70]))]
+    reps = [run(f"{n}2", [0, v], **{REPEAT_TAG: n}) for n, v in (("a", 41), ("b", 75), ("c", 65))]
+    for first, rep in zip(trials, reps, strict=True):
+        first.seeds = [first.best, rep.best]
+        first.best = (first.best + rep.best) / 2
+    trust = measure_trust(trials + reps, rungs=[1])
+    assert trust.lines == {1: (pytest.approx(1.0), 3)}
+    assert trust.ceiling == (pytest.approx(0.5), 3)

@@ -16,7 +16,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tune_losses.tracking import REPEAT_TAG, TrialRecord
+from tune_losses.tracking import TrialRecord
 
 MIN_CONFIGS = 3
 FALLBACK_CEILING = 0.7
@@ -81,16 +81,20 @@ class Trust:
 
 def seed_groups(trials: Sequence[TrialRecord]) -> dict[str, list[TrialRecord]]:
     """The FINISHED runs of each configuration, its first run first: a repeat (tagged
-    :data:`REPEAT_TAG` with the first run's trial id) joins its original."""
+    ``repeat_of`` with the first run's trial id) joins its original."""
     groups: dict[str, list[TrialRecord]] = {}
     for t in trials:
-        if t.status == "FINISHED" and not t.tags.get(REPEAT_TAG):
-            groups[t.trial_id] = [t]
+        if t.status == "FINISHED" and not t.repeat_of:
+            groups[t.trial_id or t.run_id] = [t]
     for t in trials:
-        origin = t.tags.get(REPEAT_TAG)
-        if t.status == "FINISHED" and origin in groups:
-            groups[origin].append(t)
+        if t.status == "FINISHED" and t.repeat_of in groups:
+            groups[t.repeat_of].append(t)
     return groups
+
+
+def own_value(t: TrialRecord) -> float:
+    """A run's own final value (``best`` is its configuration's seed mean once folded)."""
+    return t.seeds[0] if t.seeds else t.best
 
 
 def measure_trust(trials: Sequence[TrialRecord], rungs: Sequence[int]) -> Trust:
@@ -99,11 +103,11 @@ def measure_trust(trials: Sequence[TrialRecord], rungs: Sequence[int]) -> Trust:
     groups = seed_groups(trials)
     full = [g[0] for g in groups.values() if g[0].stop_reason in FULL_BUDGET and g[0].history]
     budget = max((t.history[-1][0] for t in full), default=0)
-    finals = [t.best for t in full]
+    finals = [own_value(t) for t in full]
     lines = {}
     for epoch in sorted(r for r in rungs if 0 < r < budget):
         lines[epoch] = (spearman([best_up_to(t.history, epoch) for t in full], finals), len(full))
-    repeated = {k: [t.best for t in g] for k, g in groups.items() if len(g) > 1}
+    repeated = {k: [own_value(t) for t in g] for k, g in groups.items() if len(g) > 1}
     ceiling = None
     if repeated:
         pairs = list(repeated.values())

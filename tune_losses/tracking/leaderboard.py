@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+import statistics
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -53,6 +54,8 @@ def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     """The leaderboard: one dict a trial, in the order given (best first), every ``loss.*``
     param as a column. The search's summary, ``leaderboard.csv`` and the report use it."""
     keys = sorted({k for t in trials for k in t.params})
+    repeated = any(t.repeat_of for t in trials)
+    names = {t.trial_id: t.name for t in trials}
     rows = []
     for rank, t in enumerate(trials, 1):
         values = (rank, t.name, t.run_id, t.status, t.stop_reason, t.epochs_run, t.best)
@@ -60,6 +63,10 @@ def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
         if len(t.values) > 1:  # a multi-objective search: each objective and the front
             row.update({best_metric_name(k): v for k, v in t.values.items()})
             row["pareto"] = t.pareto
+        if repeated:  # the seeds a configuration ran: value per seed, spread, whose repeat
+            row["seeds"] = " ".join(f"{v:.2f}" for v in t.seeds) if t.seeds else ""
+            row["seed_sd"] = statistics.stdev(t.seeds) if len(t.seeds) > 1 else ""
+            row["repeat_of"] = names.get(t.repeat_of, t.repeat_of)
         row.update({k: t.params.get(k, "") for k in keys})
         rows.append(row)
     return rows

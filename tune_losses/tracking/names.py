@@ -41,6 +41,8 @@ TRIALS_COMPLETED = "trials_completed"
 TRIALS_PRUNED = "trials_pruned"
 TRIALS_FAILED = "trials_failed"
 EPOCHS_SPENT = "epochs_spent"
+TRIALS_REPEATED = "trials_repeated"  # runs of a contender at a further seed (search.repeats)
+EPOCHS_REPEATED = "epochs_repeated"  # their epochs (also in epochs_spent)
 
 
 class TrackingError(ValueError):

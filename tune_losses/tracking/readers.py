@@ -21,6 +21,7 @@ from tune_losses.tracking.names import (
     KIND_TAG,
     PARAM_PREFIX,
     PARENT_TAG,
+    REPEAT_TAG,
     STOP_TAG,
     TRIAL_TAG,
     WEIGHT_PREFIX,
@@ -134,6 +135,12 @@ class TrialRecord:
     values: dict[str, float] = field(default_factory=dict)
     pareto: bool = False
     tags: dict[str, str] = field(default_factory=dict)
+    seeds: list[float] = field(default_factory=list)  # final value per seed, when repeated
+
+    @property
+    def repeat_of(self) -> str:
+        """The trial id of the configuration's first run, for a repeat at another seed."""
+        return self.tags.get(REPEAT_TAG, "")
 
 
 def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
@@ -171,6 +178,7 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
                 tags=dict(tags),
             )
         )
+    _fold_repeats(trials, metric)
     if len(objectives) > 1:
         done = {
             t.run_id: list(t.values.values())
@@ -182,12 +190,30 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
             t.pareto = t.run_id in front
     trials.sort(
         key=lambda t: (
+            bool(t.repeat_of),  # a repeat after every configuration: its first run ranks it
             not t.pareto,
             not math.isfinite(t.best),
             sign * t.best if math.isfinite(t.best) else 0,
         )
     )
     return trials
+
+
+def _fold_repeats(trials: list[TrialRecord], metric: str) -> None:
+    """A configuration trained at several seeds (``search.repeats``) ranks by its seed mean:
+    its first run's ``seeds`` gets each FINISHED run's value, its ``best`` their mean."""
+    firsts = {t.trial_id: t for t in trials if t.trial_id and not t.repeat_of}
+    for t in trials:
+        first = firsts.get(t.repeat_of) if t.repeat_of else None
+        if first is None or t.status != "FINISHED" or not math.isfinite(t.best):
+            continue
+        if not first.seeds:
+            first.seeds = [first.best]
+        first.seeds.append(t.best)
+    for first in firsts.values():
+        if len(first.seeds) > 1:
+            first.best = sum(first.seeds) / len(first.seeds)
+            first.values[metric] = first.best
 
 
 def _stop_text(tags: Mapping[str, str]) -> str:

@@ -96,11 +96,16 @@ class SearchTracker(_Writer):
         for key, value in tags.items():
             self.client.set_tag(self._parent(), key, value)
 
-    def tell_story(self, trials: Sequence[TrialRecord], reproduce: str, retrain: str) -> None:
-        """The parent's description (:func:`search_story`) and its trial counts
-        (:func:`trial_counts`), so the runs table and run page say how the search went."""
+    def tell_story(
+        self, trials: Sequence[TrialRecord], reproduce: str, retrain: str, trust: str = ""
+    ) -> None:
+        """The parent's description (:func:`search_story`, with ``trust``: what the report
+        measured the search can trust) and its trial counts (:func:`trial_counts`), so the
+        runs table and run page say how the search went."""
         pid = self._parent()
-        story = search_story(trials, self.experiment_id, reproduce=reproduce, retrain=retrain)
+        story = search_story(
+            trials, self.experiment_id, reproduce=reproduce, retrain=retrain, trust=trust
+        )
         self.client.set_tag(pid, NOTE_TAG, story)
         for key, value in trial_counts(trials).items():
             self.client.log_metric(pid, key, value)

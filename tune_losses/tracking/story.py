@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import math
+import statistics
 from collections.abc import Sequence
 
 from tune_losses.tracking.leaderboard import searched_params, short_names, short_value
 from tune_losses.tracking.names import (
     BEST_METRIC,
+    EPOCHS_REPEATED,
     EPOCHS_SPENT,
     LEADERBOARD,
     REPORT_DIR,
     TRIALS_COMPLETED,
     TRIALS_FAILED,
     TRIALS_PRUNED,
+    TRIALS_REPEATED,
 )
 from tune_losses.tracking.readers import TrialRecord
 
@@ -26,12 +29,19 @@ def trial_counts(trials: Sequence[TrialRecord]) -> dict[str, float]:
     failed = sum(t.status == "FAILED" or t.stop_reason.startswith("error") for t in trials)
     pruned = sum(t.stop_reason == "asha" and t.status != "FAILED" for t in trials)
     epochs = sum(int(t.epochs_run) if t.epochs_run.isdigit() else len(t.history) for t in trials)
-    return {
+    counts = {
         TRIALS_COMPLETED: float(len(trials) - failed - pruned),
         TRIALS_PRUNED: float(pruned),
         TRIALS_FAILED: float(failed),
         EPOCHS_SPENT: float(epochs),
     }
+    repeats = [t for t in trials if t.repeat_of]
+    if repeats:  # runs of a contender at further seeds; their epochs are in EPOCHS_SPENT
+        counts[TRIALS_REPEATED] = float(len(repeats))
+        counts[EPOCHS_REPEATED] = float(
+            sum(int(t.epochs_run) if t.epochs_run.isdigit() else len(t.history) for t in repeats)
+        )
+    return counts
 
 
 def run_link(experiment_id: str, run_id: str) -> str:
@@ -46,6 +56,7 @@ def search_story(
     reproduce: str,
     retrain: str,
     top: int = STORY_TOP,
+    trust: str = "",
 ) -> str:
     """The parent run's markdown description: the winner with a link to its run, how the
     trials ended, the ``top`` trials with their searched values and stop reasons, and the
@@ -57,8 +68,13 @@ def search_story(
         lines.append("**No trial reported a val mIoU.**")
     else:
         link = run_link(experiment_id, best.run_id)
+        seeds = ""
+        if len(best.seeds) > 1:
+            spread = statistics.stdev(best.seeds)
+            values = ", ".join(f"{v:.2f}" for v in best.seeds)
+            seeds = f", the mean of {len(best.seeds)} seeds ({values}; sd {spread:.2f})"
         lines.append(
-            f"**Best trial: [{best.name}]({link})**, {BEST_METRIC} **{best.best:.2f}** "
+            f"**Best trial: [{best.name}]({link})**, {BEST_METRIC} **{best.best:.2f}**{seeds} "
             f"(run `{best.run_id}`, {best.stop_reason or best.status.lower()})."
         )
     lines.append(
@@ -66,6 +82,13 @@ def search_story(
         f"{counts[TRIALS_PRUNED]:.0f} pruned by ASHA, {counts[TRIALS_FAILED]:.0f} failed; "
         f"{counts[EPOCHS_SPENT]:.0f} epochs trained."
     )
+    if TRIALS_REPEATED in counts:
+        lines.append(
+            f"{counts[TRIALS_REPEATED]:.0f} of them repeated a contender at another seed "
+            f"({counts[EPOCHS_REPEATED]:.0f} epochs) before it was declared the best."
+        )
+    if trust:
+        lines.append(f"What the search can trust: {trust}.")
     searched = searched_params(trials)
     names = short_names(searched)
     shown = trials[:top]

@@ -180,3 +180,12 @@ def test_start_up_trials_scale_with_the_budget_and_never_swallow_it() -> None:
     # a random search has no TPE trials to leave
     random = {"num_samples": 4, "n_startup_trials": 4, "sampler": "random"}
     assert validate_experiment({"search": random}).search.sampler == "random"
+
+
+def test_repeats_need_one_incumbent() -> None:
+    assert validate_experiment({"search": {"repeats": 3}}).search.repeats == 3
+    message = error_of({"search": {"repeats": 2, "scheduler": "pbt"}})
+    assert message.startswith("space.yaml: search: repeats: 2 seeds a contender needs one metric")
+    pareto = {"repeats": 2, "metric": ["val/mIoU", "val/mDice"], "scheduler": "fifo"}
+    assert "one metric" in error_of({"search": pareto})
+    assert "less than or equal to 10" in error_of({"search": {"repeats": 11}})

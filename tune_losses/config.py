@@ -270,6 +270,7 @@ class SearchConfig(_Strict):
     optuna_storage: str | None = None
     grace_period: int = Field(1, ge=1)
     schedule_aware: bool = True  # ASHA judges no trial before its weight schedules played
+    repeats: int = Field(1, ge=1, le=10)  # seeds a would-be best runs before it is declared
     reduction_factor: int = Field(2, ge=2)
     n_startup_trials: int | None = Field(None, ge=1)
     seed: int = 0
@@ -286,6 +287,11 @@ class SearchConfig(_Strict):
             raise ValueError(
                 f"scheduler: {self.scheduler} needs one metric; with several "
                 f"({', '.join(metrics)}) use scheduler: fifo"
+            )
+        if self.repeats > 1 and (len(metrics) > 1 or self.scheduler in ("pbt", "pb2")):
+            raise ValueError(
+                f"repeats: {self.repeats} seeds a contender needs one metric and scheduler "
+                "asha or fifo (a Pareto front or PBT population has no single incumbent)"
             )
         n = self.n_startup_trials
         if n is not None and n >= self.num_samples and self.sampler != "random":

@@ -96,3 +96,22 @@ def test_a_trial_ended_before_its_rung_records_no_rung() -> None:
     report(sched, late, 3, 0.2)
     sched.on_trial_complete(None, late, {"training_iteration": 3, "val": 0.2})
     assert all(not r for r in recorded(sched).values())
+
+
+def test_a_repeat_at_another_seed_is_never_judged() -> None:
+    for aware in (True, False):
+        sched = ScheduleAwareASHA(
+            schedule_aware=aware, time_attr="training_iteration", metric="val", mode="max",
+            max_t=EPOCHS, grace_period=1, reduction_factor=2,
+        )  # fmt: skip
+        good, repeat = trial("good", CONSTANT), trial("repeat", CONSTANT)
+        repeat.config["repeat_of"] = "good"
+        for t in (good, repeat):
+            sched.on_trial_add(None, t)
+        report(sched, good, 1, 0.9)
+        assert [report(sched, repeat, e, 0.1) for e in range(1, EPOCHS)] == ["CONTINUE"] * 7
+        # plain ASHA (schedule_aware=False) judges the late switch-on at rung 1 again
+        late = trial("late", LATE)
+        sched.on_trial_add(None, late)
+        expected = TrialScheduler.CONTINUE if aware else TrialScheduler.STOP
+        assert report(sched, late, 1, 0.1) == expected

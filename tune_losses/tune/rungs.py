@@ -18,6 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from tune_losses.config import Experiment
 from tune_losses.losses.spec import settles_at
 from tune_losses.schedules import played_epoch
+from tune_losses.tune.intensify import REPEAT_KEY
 from tune_losses.tune.trainable import EXPERIMENT_KEY, trial_values
 
 
@@ -29,10 +30,12 @@ def first_judged_epoch(config: dict[str, Any]) -> int:
 
 class ScheduleAwareASHA(ASHAScheduler):
     """:class:`ASHAScheduler` that lets a trial pass every rung below the one where its
-    weight schedules have played (see the module docstring)."""
+    weight schedules have played (see the module docstring; ``schedule_aware=False``:
+    plain ASHA), and never judges a repeat of a contender at another seed."""
 
-    def __init__(self, **kwargs: Any) -> None:
+    def __init__(self, *, schedule_aware: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
+        self.schedule_aware = schedule_aware
         self._judged_from: dict[str, int] = {}  # trial id -> first rung it may be judged at
 
     def rungs(self) -> list[int]:
@@ -41,7 +44,10 @@ class ScheduleAwareASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
-        played = first_judged_epoch(trial.config)
+        if REPEAT_KEY in trial.config:  # a contender's further seed: never judged, never pruned
+            self._judged_from[trial.trial_id] = self._max_t
+            return
+        played = first_judged_epoch(trial.config) if self.schedule_aware else 0
         later = [r for r in self.rungs() if r >= played]
         self._judged_from[trial.trial_id] = min(later, default=self._max_t)
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import optuna
 from ray import tune
-from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, TrialScheduler
+from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search.optuna import OptunaSearch
 
@@ -45,8 +45,8 @@ def make_scheduler(search: SearchConfig, max_epochs: int) -> TrialScheduler:
     :func:`tune_losses.tune.pbt.make_pbt`)."""
     if search.scheduler != "asha":
         return FIFOScheduler()
-    asha = ScheduleAwareASHA if search.schedule_aware else ASHAScheduler
-    return asha(
+    return ScheduleAwareASHA(
+        schedule_aware=search.schedule_aware,
         time_attr="training_iteration",
         metric=search.metric,
         mode=search.mode,

@@ -22,6 +22,7 @@ DEVICE_TAG = "device"
 STEP_METRIC = "epoch"  # logged at every step: its history tells the last step logged
 CLONED_TAG = "pbt.cloned_from"  # the last PBT exploit: "<donor trial>@<epoch>"
 LINEAGE_TAG = "pbt.lineage"  # every exploit, oldest first, comma-separated
+LINEAGE_FILE = "lineage.yaml"  # what a child really ran: phases and per-step LR, weights
 BEST_METRIC = "best_val_mIoU"
 CURVE_METRIC = "val/mIoU"
 WEIGHT_PREFIX = "weight/"  # weight/<head>/<term>: the weight applied to a term (epoch mean)

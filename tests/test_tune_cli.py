@@ -38,6 +38,7 @@ from tune_losses.config import load_experiment
 from tune_losses.engine import PREVIEW_IMAGES
 from tune_losses.plots import predictions_png_size
 from tune_losses.search import main
+from tune_losses.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
@@ -547,21 +548,37 @@ def test_cli_bad_space_is_one_line_exit_2(
 
 @pytest.mark.slow
 def test_pbt_search_learns_a_schedule_that_train_replays(tmp_path: Path) -> None:
-    """PBT mutates constant weights at exploits; the winner's applied weights per epoch
-    become step schedules in best_config.yaml, and tune_losses.train replays them."""
+    """PBT mutates ``train.lr`` and a ``linear`` weight at the exploit of epoch 2; patience
+    stops every member after epoch 3 of 4 (no gain of 1000 points), so the winner stopped
+    early. The replay of best_config.yaml logs, step for step, the LR and weights that the
+    winner's lineage recorded while it ran (``lineage.yaml``), and per epoch the
+    ``train/lr`` and ``weight/*`` that the trial running each phase logged to MLflow."""
     space = write_space(
         tmp_path / "space.yaml",
-        train={"epochs": 6, "lr": 0.005, "early_stopping": {"patience": None}},
+        train={
+            "epochs": 4,
+            "lr": {"loguniform": [0.002, 0.01]},
+            "threads": 1,
+            "early_stopping": {"patience": 2, "min_delta": 1000.0},
+        },
         search={
             "scheduler": "pbt",
-            "num_samples": 4,
-            "max_concurrent": 4,
+            "num_samples": 2,
+            "max_concurrent": 2,
             "cpus_per_trial": 0.5,
             "perturbation_interval": 2,
         },
         loss={
             "decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}},
-            "aux": {"ce": {"weight": {"uniform": [0.05, 1.0]}}},
+            "aux": {
+                "ce": {
+                    "weight": {
+                        "schedule": "linear",
+                        "start": {"uniform": [0.3, 1.0]},
+                        "end": {"uniform": [0.05, 0.3]},
+                    }
+                }
+            },
         },
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
@@ -571,45 +588,51 @@ def test_pbt_search_learns_a_schedule_that_train_replays(tmp_path: Path) -> None
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
 
     client, parents, children = runs_of(uri)
-    assert len(parents) == 1 and len(children) == 4
-    assert len({c.data.tags["ray.trial_id"] for c in children}) == 4
-    changed = cloned = 0
+    assert len(parents) == 1 and len(children) == 2
+    by_trial = {c.data.tags["ray.trial_id"]: c for c in children}
+    assert len(by_trial) == 2
+    cloned = [c for c in children if "pbt.cloned_from" in c.data.tags]
+    assert len(cloned) == 1, (
+        "the worse member copies the better at epoch 2:\n" + proc.stdout[-4000:]
+    )
+    lr_after = client.get_metric_history(cloned[0].info.run_id, "train/lr")
+    assert len({round(m.value, 12) for m in lr_after}) > 1
     for child in children:
-        history = client.get_metric_history(child.info.run_id, "weight/decode/dice")
-        steps = sorted(m.step for m in history)
-        assert steps == list(range(1, len(steps) + 1)), "one value per epoch"
-        changed += len({round(m.value, 12) for m in history}) > 1
-        cloned += "pbt.cloned_from" in child.data.tags
-    assert changed >= 1 and cloned >= 1, "no member was perturbed:\n" + proc.stdout[-4000:]
+        for metric in ("weight/decode/dice", "train/lr"):
+            steps = sorted(m.step for m in client.get_metric_history(child.info.run_id, metric))
+            assert steps == [1, 2, 3], "one value per epoch, stopped early after epoch 3"
+        assert child.data.tags["stop_reason"] == "early_stopping"
 
     (run_dir,) = storage.iterdir()
-    best = yaml.safe_load((run_dir / "best_config.yaml").read_text())
-    learned = best["loss"]["decode"]["dice"]["weight"]
-    assert learned["schedule"] == "step" and len(learned["values"]) == best["train"]["epochs"]
+    best = load_experiment(run_dir / "best_config.yaml")
+    assert (best.train.epochs, best.train.stop_after) == (4, 3)
+    winner = by_trial[best_trial(parents[0])]
+    local = tmp_path / "lineage"
+    local.mkdir()
+    lineage = yaml.safe_load(
+        Path(client.download_artifacts(winner.info.run_id, "lineage.yaml", str(local))).read_text()
+    )
+    phases = lineage["phases"]
+    assert [p["from_epoch"] for p in phases] == [1, 3][: len(phases)]
+    assert [p.from_epoch for p in best.phases] == [p["from_epoch"] for p in phases[1:]]
 
     out = tmp_path / "replay"
-    replay = subprocess.run(
-        [sys.executable, "-m", "tune_losses.train", "--config", str(run_dir / "best_config.yaml")]
-        + ["--out", str(out)],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert replay.returncode == 0, replay.stderr[-3000:]
+    assert train_main(["--config", str(run_dir / "best_config.yaml"), "--out", str(out)]) == 0
+    replay = json.loads((out / "best.json").read_text())["steps"]
+    assert set(replay) == set(lineage["steps"]) >= {"lr", "weight/aux/ce", "weight/decode/dice"}
+    for key, recorded in lineage["steps"].items():
+        assert len(recorded) == 3 * 2  # 3 epochs of 2 steps (16 images, batch 8)
+        assert replay[key] == pytest.approx(recorded, rel=1e-6, abs=0), key
+    # per epoch, against what the trial that ran each phase logged to MLflow
     epochs = json.loads((out / "history.json").read_text())
-    for head, term in (("decode", "dice"), ("aux", "ce")):
-        values = best["loss"][head][term]["weight"]["values"]
-        applied = [e[f"weight/{head}/{term}"] for e in epochs]
-        assert applied == pytest.approx(values, rel=1e-9, abs=1e-12)
-    # after its last exploit (or throughout, if never cloned) the winner logged these weights
-    winner = next(c for c in children if c.data.tags["ray.trial_id"] == best_trial(parents[0]))
-    last_clone = int(winner.data.tags.get("pbt.cloned_from", "x@0").rsplit("@", 1)[1])
-    logged = client.get_metric_history(winner.info.run_id, "weight/decode/dice")
-    own = {m.step: m.value for m in logged if m.step > last_clone}
-    for step, value in own.items():
-        assert learned["values"][step - 1] == pytest.approx(value, rel=1e-9)
+    ends = [p["from_epoch"] for p in phases[1:]] + [4]
+    for phase, end in zip(phases, ends, strict=True):
+        run_id = by_trial[phase["trial"]].info.run_id
+        for metric in ("train/lr", "weight/aux/ce", "weight/decode/dice"):
+            logged = {m.step: m.value for m in client.get_metric_history(run_id, metric)}
+            for epoch in range(phase["from_epoch"], end):
+                expected = logged[epoch]
+                assert epochs[epoch - 1][metric] == pytest.approx(expected, rel=1e-6), metric
 
 
 def best_trial(parent) -> str:

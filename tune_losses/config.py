@@ -17,7 +17,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from tune_losses.losses.spec import LossSpec, loss_heads, validate_loss
+from tune_losses.losses.spec import LossSpec, loss_heads, loss_weighting, validate_loss
 from tune_losses.names import mlflow_name_problem
 
 
@@ -178,6 +178,48 @@ class TrainConfig(_Strict):
     threads: int | None = Field(None, ge=1)
     seed: int = 0
     early_stopping: EarlyStoppingConfig = EarlyStoppingConfig()
+    stop_after: int | None = Field(None, ge=1)
+
+    @model_validator(mode="after")
+    def _stop_within(self) -> TrainConfig:
+        if self.stop_after is not None and self.stop_after > self.epochs:
+            raise ValueError(f"stop_after ({self.stop_after}) exceeds epochs ({self.epochs})")
+        return self
+
+    def last_epoch(self) -> int:
+        """The epoch the run ends at: ``stop_after`` (a replay of a run that stopped early)
+        or ``epochs``; the LR path and weight progress always span ``epochs``."""
+        return self.stop_after or self.epochs
+
+
+PHASE_TRAIN_FIELDS = ("lr", "weight_decay", "grad_clip")  # what a phase may change in train
+
+
+class PhaseTrain(_Strict):
+    """The optimiser settings of a :class:`Phase` (the mutable part of ``train``)."""
+
+    lr: float = Field(gt=0.0)
+    weight_decay: float = Field(ge=0.0)
+    grad_clip: float | None = Field(None, gt=0.0)
+
+
+class Phase(_Strict):
+    """From epoch ``from_epoch`` on (1-based), the run trains with these optimiser settings
+    and this loss: what a PBT exploit switched a member to, so a retrain replays its lineage.
+
+    The weight schedules keep running on the whole run's progress (a ``linear`` weight of a
+    phase from epoch 3 starts at its value at that progress, not at ``start``); the LR keeps
+    its schedule's shape, rescaled to the phase's peak ``lr`` (see ``Trainer.set_optimizer``).
+    """
+
+    from_epoch: int = Field(ge=2)
+    train: PhaseTrain
+    loss: LossSpec
+
+    @field_validator("loss", mode="before")
+    @classmethod
+    def _check_loss(cls, raw: Any) -> LossSpec:
+        return validate_loss(raw)
 
 
 # ----------------------------------------------------------------------------- search
@@ -342,6 +384,7 @@ class Experiment(_Strict):
     loss: LossSpec = Field({"decode": {"ce": {"weight": 1.0}}}, validate_default=True)
     search: SearchConfig = SearchConfig()
     tracking: TrackingConfig = TrackingConfig()
+    phases: list[Phase] = []
 
     @field_validator("loss", mode="before")
     @classmethod
@@ -357,7 +400,27 @@ class Experiment(_Strict):
                 raise ValueError(f"loss.{head}: the model has no head {head!r}{hint}")
         if not any(loss_heads(self.loss).values()):  # a head with no term is off; a loss needs one
             raise ValueError("loss: every term is switched off; a run needs at least one term")
+        self._check_phases()
         return self
+
+    def _check_phases(self) -> None:
+        """Phases start in order inside the run and keep the loss's terms and weighting (the
+        learned log-variances of ``weighting: uncertainty`` carry over, one per term)."""
+        terms = {h: list(t) for h, t in loss_heads(self.loss).items()}
+        previous = 1
+        for index, phase in enumerate(self.phases):
+            where = f"phases.{index}"
+            if not previous < phase.from_epoch <= self.train.last_epoch():
+                raise ValueError(
+                    f"{where}.from_epoch: {phase.from_epoch} must be after {previous} and at "
+                    f"most the last epoch ({self.train.last_epoch()})"
+                )
+            previous = phase.from_epoch
+            theirs = {h: list(t) for h, t in loss_heads(phase.loss).items()}
+            if theirs != terms or loss_weighting(phase.loss) != loss_weighting(self.loss):
+                raise ValueError(
+                    f"{where}.loss: a phase must keep the loss's heads, terms and weighting"
+                )
 
 
 # ----------------------------------------------------------------------------- loading

@@ -27,8 +27,10 @@ from torch import Tensor, nn
 
 from tune_losses.config import (
     CLASS_METRIC,
+    PHASE_TRAIN_FIELDS,
     ConfigError,
     Experiment,
+    Phase,
     TrainConfig,
     best_metric_name,
     class_metric_problem,
@@ -42,6 +44,8 @@ STATE_FILE = "state.pt"
 SUMMARY_FILE = "best.json"
 PREDICTIONS_FILE = "predictions.png"
 PREVIEW_IMAGES = 3
+ONECYCLE_DIV = 25.0  # one-cycle: initial LR = max_lr / ONECYCLE_DIV
+ONECYCLE_FINAL_DIV = 1e4  # and final LR = initial LR / ONECYCLE_FINAL_DIV (torch's defaults)
 
 
 def read_summary(directory: str | Path) -> dict[str, Any] | None:
@@ -80,7 +84,12 @@ def _lr_scheduler(
 ) -> torch.optim.lr_scheduler.LRScheduler:
     if cfg.lr_schedule == "onecycle":
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=cfg.lr, total_steps=total_steps, pct_start=0.1
+            optimizer,
+            max_lr=cfg.lr,
+            total_steps=total_steps,
+            pct_start=0.1,
+            div_factor=ONECYCLE_DIV,
+            final_div_factor=ONECYCLE_FINAL_DIV,
         )
     if cfg.lr_schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=total_steps)
@@ -171,12 +180,29 @@ def _to_uint8(image: Tensor) -> Tensor:
     return scaled.permute(1, 2, 0).round().to(torch.uint8)
 
 
+def _settings(exp: Experiment, from_epoch: int) -> dict[str, Any]:
+    """What a phase of a run is (:class:`~tune_losses.config.Phase`): from which epoch on
+    it trains with which optimiser settings and loss, as plain values."""
+    dump = exp.model_dump(mode="json", include={"train", "loss"})
+    train = {k: dump["train"][k] for k in PHASE_TRAIN_FIELDS}
+    return {"from_epoch": from_epoch, "train": train, "loss": dump["loss"]}
+
+
+def _same_settings(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    return a["train"] == b["train"] and a["loss"] == b["loss"]
+
+
 class Trainer:
     """Model, loss mix, optimiser and the run's history; iterate :meth:`epochs` to train.
 
     Every yielded dict is one epoch's metrics (``train/loss``, each weighted part
-    ``train/loss/<head>/<term>``, each effective weight ``weight/<head>/<term>``,
-    ``val/mIoU`` ... in %), so callers can log or report it as is.
+    ``train/loss/<head>/<term>``, each effective weight ``weight/<head>/<term>``, the mean
+    applied LR ``train/lr``, ``val/mIoU`` ... in %), so callers can log or report it as is.
+
+    The run's lineage travels with its state: :attr:`lineage` lists the phases it trained
+    in (the settings from epoch 1, then each change: a PBT exploit that loaded another
+    run's state under a mutated config, or a configured :class:`~tune_losses.config.Phase`),
+    and :attr:`trace` the LR and scheduled weight of every step, so a replay can be checked.
     """
 
     def __init__(self, exp: Experiment) -> None:
@@ -213,6 +239,8 @@ class Trainer:
         self.best_per_class: list[float] = []
         self.search_best: dict[str, float] = {}
         self.weight_history: list[dict[str, float]] = []
+        self.lineage: list[dict[str, Any]] = [_settings(exp, 1)]
+        self.trace: dict[str, list[float]] = defaultdict(list)  # per step: lr, weight/<key>
         self.best_preview: dict[str, list[Tensor]] | None = None
         self._preview_png: tuple[int, bytes] | None = None  # (best epoch, PNG) drawn last
         self.reference = -math.inf
@@ -243,6 +271,11 @@ class Trainer:
             out = self.loss(outputs, masks, progress)
             if not torch.isfinite(out.total):
                 raise FloatingPointError(f"loss is {out.total.item()} at epoch {self.epoch + 1}")
+            lr = float(self.optimizer.param_groups[0]["lr"])
+            self.trace["lr"].append(lr)
+            for key, weight in out.scheduled.items():
+                self.trace[f"weight/{key}"].append(weight)
+            sums["train/lr"] += lr
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(out.total).backward()
             if self.exp.train.grad_clip:
@@ -306,10 +339,61 @@ class Trainer:
             out["predictions"].append(logits.argmax(1)[0, :height, :width].to(torch.int64).cpu())
         return out
 
+    def set_optimizer(self) -> None:
+        """Put ``train.lr`` (the peak LR) and ``train.weight_decay`` into the optimiser and
+        its LR schedule, keeping the schedule's shape and position.
+
+        A PBT exploit loads the donor's optimiser state, which holds the donor's LR, one-cycle
+        peaks and decay; this applies the member's own. The path a new peak follows is the
+        schedule's, rescaled: ``lr_t = lr_t^old * lr_new / lr_old`` at the switch, and the
+        schedule's anchors set as it sets them from ``lr_new`` (one-cycle: ``max_lr``,
+        ``initial_lr = max_lr / 25``, ``min_lr = initial_lr / 1e4``; cosine and constant: the
+        base LR), so from then on ``lr(t) = lr_new * shape(t)`` over the whole run's steps.
+        The log-variances of uncertainty weighting (second group) are never decayed.
+        """
+        cfg = self.exp.train
+        self.optimizer.param_groups[0]["weight_decay"] = cfg.weight_decay
+        onecycle = isinstance(self.scheduler, torch.optim.lr_scheduler.OneCycleLR)
+        for index, group in enumerate(self.optimizer.param_groups):
+            old = group["max_lr"] if onecycle else self.scheduler.base_lrs[index]
+            if old == cfg.lr:
+                continue
+            group["lr"] = group["lr"] / old * cfg.lr
+            if onecycle:
+                group["max_lr"] = cfg.lr
+                group["initial_lr"] = cfg.lr / ONECYCLE_DIV
+                group["min_lr"] = group["initial_lr"] / ONECYCLE_FINAL_DIV
+            else:
+                self.scheduler.base_lrs[index] = cfg.lr
+                group["initial_lr"] = cfg.lr
+
+    def _enter(self, phase: Phase) -> None:
+        """Train on with a phase's optimiser settings and loss (its weight schedules run on
+        the whole run's progress; learned log-variances carry over)."""
+        train = self.exp.train.model_copy(update=phase.train.model_dump())
+        self.exp = self.exp.model_copy(update={"train": train, "loss": phase.loss})
+        settings = _settings(self.exp, phase.from_epoch)
+        if settings["loss"] != self.lineage[-1]["loss"]:
+            mix = LossMix(
+                phase.loss,
+                ignore_index=self.info.ignore_index,
+                class_frequencies=self.info.class_frequencies,
+            ).to(self.device)
+            if self.loss.log_vars is not None:
+                mix.log_vars = self.loss.log_vars  # the optimiser's parameter, state and all
+            self.loss = mix
+        if not _same_settings(settings, self.lineage[-1]):
+            self.lineage.append(settings)
+        self.set_optimizer()
+
     def epochs(self) -> Iterator[dict[str, float]]:
-        """Train until ``train.epochs`` or early stopping; yield each epoch's metrics."""
+        """Train until ``train.epochs`` (or ``train.stop_after``) or early stopping, entering
+        each configured phase at its epoch; yield each epoch's metrics."""
         stop = self.exp.train.early_stopping
-        while self.epoch < self.exp.train.epochs and not self.stopped_early:
+        phases = {phase.from_epoch: phase for phase in self.exp.phases}
+        while self.epoch < self.exp.train.last_epoch() and not self.stopped_early:
+            if self.epoch + 1 in phases:
+                self._enter(phases[self.epoch + 1])
             t0 = time.perf_counter()
             result = self.train_one_epoch()
             val, metrics = self.evaluate()
@@ -381,6 +465,8 @@ class Trainer:
             "stopped_early": self.stopped_early,
             "search_best": self.search_best,
             "weight_history": self.weight_history,
+            "lineage": self.lineage,
+            "trace": dict(self.trace),
             "rng": self.rng_state(),
         }
 
@@ -396,6 +482,16 @@ class Trainer:
         self.bad_epochs, self.stopped_early = state["bad_epochs"], state["stopped_early"]
         self.search_best = dict(state.get("search_best") or {})
         self.weight_history = list(state.get("weight_history", []))
+        own = self.lineage[-1]
+        self.lineage = list(state.get("lineage") or [own])  # the donor's, after a PBT exploit
+        self.trace = defaultdict(list, {k: list(v) for k, v in state.get("trace", {}).items()})
+        begun = [p for p in self.exp.phases if p.from_epoch <= self.epoch]
+        if begun:  # a replay resumed inside one of its phases
+            self._enter(begun[-1])
+        elif not _same_settings(own, self.lineage[-1]):
+            # a config other than the one that wrote the state (PBT): it runs from here on
+            self.lineage.append({**own, "from_epoch": self.epoch + 1})
+            self.set_optimizer()
         self.best_preview = state.get("best_preview")  # absent in older checkpoints
         self._preview_png = None
         if "rng" in state:
@@ -457,6 +553,8 @@ class Trainer:
             "class_frequencies": [float(f) for f in self.info.class_frequencies],
             "loss_setup": self.loss.describe(),
             "weight_history": self.weight_history,
+            "lineage": self.lineage,
+            "steps": dict(self.trace),
         }
 
     def save(self, directory: str | Path) -> Path:

@@ -29,11 +29,14 @@ class LossOutput:
             weighting, ``exp(-s) * weight * term + s / 2``).
         weights: effective weight of each term at this progress, same keys (with
             uncertainty weighting, ``exp(-s) * weight``).
+        scheduled: the weight each term's schedule gives at this progress, same keys (equal
+            to ``weights`` with fixed weighting): what a replayed schedule reproduces.
     """
 
     total: Tensor
     parts: dict[str, Tensor] = field(default_factory=dict)
     weights: dict[str, float] = field(default_factory=dict)
+    scheduled: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass
@@ -161,7 +164,7 @@ class LossMix(nn.Module):
                 raise ValueError(f"no output {term.head!r} for term {term.key!r}: {list(outputs)}")
             logits = outputs[term.head]
             weight = term.schedule(progress)
-            out.weights[term.key] = weight
+            out.weights[term.key] = out.scheduled[term.key] = weight
             if weight == 0.0:
                 out.parts[term.key] = torch.zeros((), device=logits.device)
                 continue

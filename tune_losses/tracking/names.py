@@ -24,6 +24,7 @@ CLONED_TAG = "pbt.cloned_from"  # the last PBT exploit: "<donor trial>@<epoch>"
 LINEAGE_TAG = "pbt.lineage"  # every exploit, oldest first, comma-separated
 REPEAT_TAG = "repeat_of"  # a repeat at another seed: the trial id of the configuration's first run
 SEED_TAG = "train.seed"  # the training seed a child ran
+LINEAGE_FILE = "lineage.yaml"  # what a child really ran: phases and per-step LR, weights
 BEST_METRIC = "best_val_mIoU"
 CURVE_METRIC = "val/mIoU"
 WEIGHT_PREFIX = "weight/"  # weight/<head>/<term>: the weight applied to a term (epoch mean)

@@ -8,10 +8,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import yaml
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from tune_losses.tracking.names import numeric_metrics
+from tune_losses.tracking.names import LINEAGE_FILE, numeric_metrics
 
 _PARAM_MAX = 6000
 _BATCH = 100
@@ -41,12 +42,19 @@ class _Writer:
             self.client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
 
     def log_best_epoch(self, run_id: str, summary: Mapping[str, Any]) -> None:
-        """The best epoch's summary (engine's ``Trainer.summary``) as JSON and plots."""
+        """The best epoch's summary (engine's ``Trainer.summary``) as JSON and plots, and
+        what the run really ran as :data:`LINEAGE_FILE`: its phases (the settings from epoch
+        1, then each PBT exploit's: which trial, from which epoch, its loss and optimiser
+        values; a child's params keep its first ones) and the LR and scheduled weight of
+        every step (``steps``), along the lineage."""
         from tune_losses.plots import plot_confusion_matrix, plot_per_class_iou
 
         summary = dict(summary)
         names = summary["class_names"]
         self.client.log_dict(run_id, summary.pop("loss_setup", {}), "loss_setup.json")
+        lineage = {"phases": summary.pop("lineage", None), "steps": summary.pop("steps", None)}
+        if lineage["phases"]:
+            self.client.log_text(run_id, yaml.safe_dump(lineage, sort_keys=False), LINEAGE_FILE)
         self.client.log_dict(run_id, summary, "best_epoch.json")
         with tempfile.TemporaryDirectory() as tmp:
             if summary.get("confmat") is not None:

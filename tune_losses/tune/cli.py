@@ -275,8 +275,8 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker:
 
 
 def _best_config(result: Any, scheduler: str) -> dict[str, Any]:
-    """The winner's experiment; after PBT/PB2 with the weights it learned along its lineage
-    written as ``step`` schedules (from its last checkpoint), so a retrain replays them."""
+    """The winner's experiment; after PBT/PB2 the lineage it ran (from its last checkpoint)
+    written as phases, so a retrain replays its weights and LR step for step."""
     from tune_losses.engine import read_summary
     from tune_losses.tune.pbt import learned_experiment
     from tune_losses.tune.trainable import EXPERIMENT_KEY, trial_values
@@ -286,8 +286,7 @@ def _best_config(result: Any, scheduler: str) -> dict[str, Any]:
         return experiment
     with result.checkpoint.as_directory() as directory:
         summary = read_summary(directory) or {}
-    history = summary.get("weight_history")
-    return learned_experiment(experiment, history) if history else experiment
+    return learned_experiment(experiment, summary) if summary.get("lineage") else experiment
 
 
 def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> int:

@@ -5,15 +5,17 @@ Ray refuses a search algorithm beside PBT, so the initial population is sampled 
 space here (one Optuna ``ask()`` per member) and handed to Ray as plain configs. A member's
 ``choice`` labels stay as sampled; its numeric markers mutate within their bounds at every
 exploit, and its ``experiment`` is rebuilt from the mutated values. The applied weight of
-each term per epoch travels with the checkpoint (``Trainer.weight_history``), so the winner's
-weights along its lineage become ``step`` schedules that ``tune_losses.train`` replays.
+phase (loss and optimiser settings, from the epoch an exploit switched to them) and the LR
+and weight of every step travel with the checkpoint (``Trainer.lineage``, ``Trainer.trace``),
+so the winner's lineage becomes ``phases`` that ``tune_losses.train`` replays step for step.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from typing import Any
 
 import optuna
@@ -21,9 +23,7 @@ from ray.tune.schedulers import TrialScheduler
 from ray.tune.schedulers.pb2 import PB2
 from ray.tune.schedulers.pbt import PopulationBasedTraining
 
-from tune_losses.config import ConfigError, SearchConfig
-from tune_losses.losses.spec import loss_heads
-from tune_losses.schedules import step_values
+from tune_losses.config import PHASE_TRAIN_FIELDS, ConfigError, SearchConfig
 from tune_losses.space import SearchSpace
 from tune_losses.tune.trainable import EXPERIMENT_KEY, MEMBER_KEY
 
@@ -82,6 +82,11 @@ class Explorer:
         return config
 
 
+def _mutable(name: str) -> bool:
+    """Whether a marker may change at an exploit: a loss value or an optimiser setting."""
+    return name.startswith("loss.") or name in {f"train.{f}" for f in PHASE_TRAIN_FIELDS}
+
+
 def make_pbt(space: SearchSpace, search: SearchConfig) -> TrialScheduler:
     """PBT (random perturbation) or PB2 (GP-bandit over the unconditional markers)."""
     common = {
@@ -90,6 +95,12 @@ def make_pbt(space: SearchSpace, search: SearchConfig) -> TrialScheduler:
         "mode": search.mode,
         "perturbation_interval": search.perturbation_interval,
     }
+    fixed = [n for n in space.numeric_markers() if not _mutable(n)]
+    if fixed:
+        raise ConfigError(
+            f"search.scheduler {search.scheduler} mutates its markers during training, and only "
+            f"loss.* and train.{{{','.join(PHASE_TRAIN_FIELDS)}}} can change mid-run: {fixed[0]}"
+        )
     if search.scheduler == "pb2":
         bounds = unconditional_markers(space)
         if not bounds:
@@ -113,19 +124,30 @@ def make_pbt(space: SearchSpace, search: SearchConfig) -> TrialScheduler:
     )
 
 
-def learned_experiment(
-    experiment: Mapping[str, Any], history: Sequence[Mapping[str, float]]
-) -> dict[str, Any]:
-    """``experiment`` with every loss weight replaced by the ``step`` schedule of the weights
-    it was applied with per epoch (``history[e]["<head>/<term>"]``), and ``train.epochs``
-    set to the epochs of that history, so a retrain replays the learned schedule."""
-    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in experiment.items()}
-    out["train"] = {**out["train"], "epochs": len(history)}
-    loss: dict[str, Any] = {}
-    for head, terms in loss_heads(experiment["loss"]).items():  # weights learned: fixed sum
-        loss[head] = {}
-        for key, spec in terms.items():
-            values = [float(epoch[f"{head}/{key}"]) for epoch in history]
-            loss[head][key] = {**spec, "weight": step_values(values)}
-    out["loss"] = loss
+def learned_experiment(experiment: Mapping[str, Any], summary: Mapping[str, Any]) -> dict[str, Any]:
+    """``experiment`` (the winner's last config) rewritten to replay the winner's lineage
+    exactly, from the ``lineage`` and ``epochs_run`` of its summary (``Trainer.summary``).
+
+    The settings it started with (its first ancestor's loss and optimiser values) become
+    ``loss`` and ``train``, each later one a :class:`~tune_losses.config.Phase` from the epoch
+    an exploit switched to it: per step, every weight is the schedule that ran then at the
+    same progress (a ``linear`` weight stays linear within its epochs), the LR follows the
+    same path (``train.epochs``, the length of the LR and weight schedules, is kept; a run
+    that stopped early gets ``train.stop_after`` instead), and focal gamma or any other term
+    option changes at the same epoch. Early stopping is off in the replay (``stop_after``
+    says where the winner stopped), so the replay runs the winner's epochs, no more, no less.
+    """
+    lineage = [dict(phase) for phase in summary["lineage"]]
+    epochs_run = int(summary["epochs_run"])
+    out = copy.deepcopy(dict(experiment))
+    train = out["train"]
+    train.update(lineage[0]["train"])
+    train["early_stopping"] = {**train.get("early_stopping", {}), "patience": None}
+    train["stop_after"] = epochs_run if epochs_run < int(train["epochs"]) else None
+    out["loss"] = lineage[0]["loss"]
+    out["phases"] = [
+        {"from_epoch": p["from_epoch"], "train": p["train"], "loss": p["loss"]}
+        for p in lineage[1:]
+        if p["from_epoch"] <= epochs_run  # an exploit that never trained an epoch
+    ]
     return out

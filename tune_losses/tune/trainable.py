@@ -80,6 +80,8 @@ def train_trial(config: dict[str, Any]) -> None:
             path = Path(directory) / ORIGIN_FILE
             if path.is_file():
                 origin = json.loads(path.read_text())
+    for phase in trainer.lineage:  # which trial ran each phase (a donor's, after an exploit)
+        phase.setdefault("trial", me)
     where: dict[str, Any] = placement(trainer.device)
     for result in _epochs(trainer):
         if origin.get("trial_id") not in (None, me):  # PBT cloned this trial from another

@@ -8,6 +8,7 @@ layout, and prints one progress line per event.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 
 from ray import tune
 
-from tune_losses.engine import PREDICTIONS_FILE, read_summary
+from tune_losses.engine import PREDICTIONS_FILE, SUMMARY_FILE, read_summary
 from tune_losses.tracking import (
     BEST_METRIC,
     CURVE_METRIC,
@@ -103,13 +104,14 @@ class TrialLogger(tune.Callback):
         )
 
     def _end(self, trial: Any, failed: bool) -> str:
-        checkpoint = trial.checkpoint
         summary = None
-        if checkpoint is not None and Path(checkpoint.path).is_dir():
-            summary = read_summary(checkpoint.path)
-            picture = Path(checkpoint.path) / PREDICTIONS_FILE
-            if picture.is_file():
-                self.tracker.log_predictions(trial.trial_id, picture)
+        with tempfile.TemporaryDirectory() as directory:
+            if trial.checkpoint is not None:
+                fetch_best_epoch(trial.checkpoint, directory)
+                summary = read_summary(directory)
+                picture = Path(directory) / PREDICTIONS_FILE
+                if picture.is_file():
+                    self.tracker.log_predictions(trial.trial_id, picture)
         return self.tracker.trial_ended(
             trial.trial_id,
             failed=failed,
@@ -132,6 +134,22 @@ class TrialLogger(tune.Callback):
         self._end(trial, failed=True)
         text = (_error_text(trial) or "").strip().splitlines()
         self._say(f"{trial.trial_id} failed: {text[-1] if text else 'unknown error'}")
+
+
+def fetch_best_epoch(checkpoint: tune.Checkpoint, directory: str | Path) -> list[str]:
+    """Copy a checkpoint's best-epoch files (``best.json``, ``predictions.png``) into the
+    local ``directory`` through the checkpoint's own filesystem (local, ``s3://``,
+    ``gs://``), without the model state; returns the names of the files it found."""
+    from pyarrow.fs import FileType
+
+    fs, root = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    names = [SUMMARY_FILE, PREDICTIONS_FILE]
+    infos = fs.get_file_info([f"{root}/{name}" for name in names])
+    found = [name for name, info in zip(names, infos, strict=True) if info.type == FileType.File]
+    for name in found:
+        with fs.open_input_stream(f"{root}/{name}") as stream:
+            (Path(directory) / name).write_bytes(stream.read())
+    return found
 
 
 def _error_text(trial: Any) -> str | None:

@@ -133,6 +133,7 @@ class TrialRecord:
     trial_id: str = ""
     values: dict[str, float] = field(default_factory=dict)
     pareto: bool = False
+    metric: str = CURVE_METRIC  # the search's (first) metric: ``best`` is its best value
 
 
 def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
@@ -167,6 +168,7 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
                 history=curve,
                 trial_id=tags.get(TRIAL_TAG, ""),
                 values=values,
+                metric=metric,
             )
         )
     if len(objectives) > 1:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +18,10 @@ from ray import tune
 
 from tune_losses.engine import PREDICTIONS_FILE, SUMMARY_FILE, read_summary
 from tune_losses.tracking import (
-    BEST_METRIC,
     CURVE_METRIC,
     SearchTracker,
+    best_metric_name,
+    format_best,
     short_names,
     trial_run_name,
 )
@@ -35,12 +36,20 @@ from tune_losses.tune.trainable import (
 
 
 class TrialLogger(tune.Callback):
-    """Forwards trial events to a :class:`SearchTracker` and prints progress."""
+    """Forwards trial events to a :class:`SearchTracker` and prints progress, each trial's
+    best value named after the search's (first) ``metric``."""
 
-    def __init__(self, tracker: SearchTracker, max_epochs: int, verbose: bool = True) -> None:
+    def __init__(
+        self,
+        tracker: SearchTracker,
+        max_epochs: int,
+        verbose: bool = True,
+        metric: str = CURVE_METRIC,
+    ) -> None:
         self.tracker = tracker
         self.max_epochs = max_epochs
         self.verbose = verbose
+        self.metric = metric
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray pickles the run config with its callbacks (for ``Tuner.restore``): keep the
@@ -52,6 +61,7 @@ class TrialLogger(tune.Callback):
             "parent_id": t.parent_id,
             "max_epochs": self.max_epochs,
             "verbose": self.verbose,
+            "metric": self.metric,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -59,6 +69,7 @@ class TrialLogger(tune.Callback):
         if state["parent_id"] is not None:
             tracker.reopen(state["parent_id"])
         self.tracker, self.max_epochs, self.verbose = tracker, state["max_epochs"], state["verbose"]
+        self.metric = state.get("metric", CURVE_METRIC)  # a search started before it was kept
 
     def _say(self, text: str) -> None:
         if self.verbose:
@@ -96,12 +107,8 @@ class TrialLogger(tune.Callback):
         if CLONED_FROM in result:
             self.tracker.trial_cloned(trial.trial_id, str(result[CLONED_FROM]))
             self._say(f"{trial.trial_id} cloned from {result[CLONED_FROM]} (PBT exploit)")
-        self._say(
-            f"{trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs}"
-            f"  val mIoU {result.get(CURVE_METRIC, math.nan):.2f}"
-            f"  best {result.get(BEST_METRIC, math.nan):.2f}"
-            f"  train loss {result.get('train/loss', math.nan):.4f}"
-        )
+        epoch = f"epoch {result.get('epoch')}/{self.max_epochs}"
+        self._say(f"{trial.trial_id} {epoch}  {progress_line(result, self.metric)}")
 
     def _end(self, trial: Any, failed: bool) -> str:
         summary = None
@@ -125,8 +132,9 @@ class TrialLogger(tune.Callback):
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
     ) -> None:
         reason = self._end(trial, failed=False)
-        best = (trial.last_result or {}).get(BEST_METRIC, math.nan)
-        self._say(f"{trial.trial_id} ended ({reason}): best val mIoU {best:.2f}")
+        best = (trial.last_result or {}).get(best_metric_name(self.metric), math.nan)
+        shown = format_best(best, self.metric)
+        self._say(f"{trial.trial_id} ended ({reason}): best {self.metric} {shown}")
 
     def on_trial_error(
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
@@ -134,6 +142,17 @@ class TrialLogger(tune.Callback):
         self._end(trial, failed=True)
         text = (_error_text(trial) or "").strip().splitlines()
         self._say(f"{trial.trial_id} failed: {text[-1] if text else 'unknown error'}")
+
+
+def progress_line(result: Mapping[str, Any], metric: str = CURVE_METRIC) -> str:
+    """An epoch's numbers as the progress line prints them: val mIoU, the best value so far
+    of the search's ``metric`` (named when it is not val mIoU) and the train loss."""
+    best = format_best(result.get(best_metric_name(metric), math.nan), metric)
+    label = "best" if metric == CURVE_METRIC else f"best {metric}"
+    return (
+        f"val mIoU {result.get(CURVE_METRIC, math.nan):.2f}  {label} {best}"
+        f"  train loss {result.get('train/loss', math.nan):.4f}"
+    )
 
 
 def fetch_best_epoch(checkpoint: tune.Checkpoint, directory: str | Path) -> list[str]:

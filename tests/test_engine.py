@@ -196,10 +196,10 @@ def test_patience_counts_from_the_last_real_gain(
 ) -> None:
     """Steady gains of 0.9 with min_delta 1.0 add up to real progress: the run goes on
     (a reference that moved with every small gain would stop it after 3 epochs)."""
-    tiny["train"]["epochs"] = 8
+    tiny["train"]["epochs"] = 9
     tiny["train"]["early_stopping"] = {"patience": 3, "min_delta": 1.0}
     trainer = Trainer(validate_experiment(tiny))
-    scores = iter([10.0, 10.9, 11.8, 12.7, 13.6, 13.6, 13.6, 13.6])
+    scores = iter([10.0, 10.9, 11.8, 12.7, 13.6, 13.6, 13.6, 13.6, 13.6])
     empty = SegmentationMetrics(trainer.info.num_classes)
     monkeypatch.setattr(trainer, "train_one_epoch", lambda: {"train/loss": 1.0})
     monkeypatch.setattr(trainer, "evaluate", lambda: ({"val/mIoU": next(scores)}, empty))
@@ -207,6 +207,23 @@ def test_patience_counts_from_the_last_real_gain(
     # gains reset patience at 11.8 (over 10.0) and 13.6 (over 11.8); then 3 flat epochs
     assert [r["epoch"] for r in results] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert results[-1]["early_stopped"] == 1.0
+
+
+def test_patience_running_out_at_the_last_epoch_is_no_early_stop(
+    tiny: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three flat epochs with patience 2 run out of patience at epoch 3 of 3: the run
+    trained every scheduled epoch, so it did not stop early."""
+    tiny["train"]["epochs"] = 3
+    tiny["train"]["early_stopping"] = {"patience": 2, "min_delta": 1.0}
+    trainer = Trainer(validate_experiment(tiny))
+    empty = SegmentationMetrics(trainer.info.num_classes)
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda: {"train/loss": 1.0})
+    monkeypatch.setattr(trainer, "evaluate", lambda: ({"val/mIoU": 10.0}, empty))
+    results = list(trainer.epochs())
+    assert [r["epoch"] for r in results] == [1, 2, 3]
+    assert [r["early_stopped"] for r in results] == [0.0, 0.0, 0.0]
+    assert trainer.summary()["stopped_early"] is False
 
 
 def test_save_draws_the_best_epochs_predictions(tiny: dict, tmp_path: Path) -> None:

@@ -100,6 +100,9 @@ def test_stop_reason() -> None:
     assert stop_reason({"epoch": 2, "early_stopped": 1.0}, 4, failed=False) == "early_stopping"
     assert stop_reason({"epoch": 4}, 4, failed=False) == "completed"
     assert stop_reason({"epoch": 2}, 4, failed=False) == "asha"
+    # patience that runs out at the last scheduled epoch stopped nothing: the run completed
+    last = {"epoch": 4, "epochs_max": 4, "early_stopped": 1.0}
+    assert stop_reason(last, 4, failed=False) == "completed"
 
 
 def test_pareto_front_per_mode() -> None:

@@ -245,3 +245,30 @@ def test_save_draws_the_best_epochs_predictions(tiny: dict, tmp_path: Path) -> N
     resumed = Trainer(validate_experiment(tiny))
     resumed.load(tmp_path)  # the best epoch's picture survives a resume
     assert resumed.predictions_png() == png.read_bytes()
+
+
+def test_schedules_run_at_the_progress_the_readme_states(tiny: dict) -> None:
+    """Each step's weight is the schedule at ``(epoch * steps + step) / (epochs * steps)``,
+    from 0 to 1 - 1/(epochs * steps), never 1: the README's example (linear 1.0 -> 0.1, 2
+    epochs of 4 steps, last weight 0.2125) is what a run applies."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "`linear` from 1.0 to 0.1 over 2 epochs of 4 steps ends at 0.2125" in readme
+    tiny["train"]["epochs"] = 2
+    tiny["data"]["batch_size"] = 4  # 16 train images: 4 steps an epoch
+    tiny["loss"]["aux"]["ce"]["weight"] = {"schedule": "linear", "start": 1.0, "end": 0.1}
+    trainer = Trainer(validate_experiment(tiny))
+    assert trainer.steps_per_epoch == 4
+    seen: list[float] = []
+    forward = trainer.loss.forward
+
+    def recording(outputs: Any, target: torch.Tensor, progress: float) -> Any:
+        out = forward(outputs, target, progress)
+        seen.append(out.weights["aux/ce"])
+        return out
+
+    trainer.loss.forward = recording  # type: ignore[method-assign]
+    results = list(trainer.epochs())
+    # 1.0 - 0.9 * k / 8 for k = 0..7, by hand
+    expected = [1.0, 0.8875, 0.775, 0.6625, 0.55, 0.4375, 0.325, 0.2125]
+    assert seen == pytest.approx(expected)
+    assert [r["weight/aux/ce"] for r in results] == pytest.approx([0.83125, 0.38125])

@@ -185,10 +185,38 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny: dict) -> None:
     tiny["train"]["lr_schedule"] = "constant"
     tiny["train"]["epochs"] = 5
     trainer = Trainer(validate_experiment(tiny))
-    with pytest.raises(FloatingPointError, match="loss is"):
-        for _ in trainer.epochs():
-            pass
-    assert not math.isnan(trainer.best) or trainer.epoch == 0
+    results = []
+    with pytest.raises(FloatingPointError, match=r"^loss is (nan|inf|-inf) at epoch \d+$") as info:
+        for result in trainer.epochs():
+            results.append(result)
+    # the epoch named is the one that failed: after every epoch reported, none counted for it
+    assert str(info.value).endswith(f"at epoch {len(results) + 1}")
+    assert trainer.epoch == len(results) < 5
+    assert all(math.isfinite(r["train/loss"]) for r in results)
+
+
+def test_a_non_finite_loss_is_caught_before_the_step_that_would_apply_it(tiny: dict) -> None:
+    """A loss that turns NaN at the first step of epoch 2 raises before backward and the
+    optimiser step: the parameters stay those the last finite step left."""
+    tiny["train"]["epochs"] = 3
+    trainer = Trainer(validate_experiment(tiny))
+    forward = trainer.loss.forward
+
+    def nan_from_epoch_2(outputs: Any, target: torch.Tensor, progress: float) -> Any:
+        out = forward(outputs, target, progress)
+        if progress >= 1 / 3:
+            out.total = out.total * float("nan")
+        return out
+
+    trainer.loss.forward = nan_from_epoch_2  # type: ignore[method-assign]
+    epochs = trainer.epochs()
+    first = next(epochs)
+    after_epoch_1 = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    with pytest.raises(FloatingPointError, match="^loss is nan at epoch 2$"):
+        next(epochs)
+    assert first["epoch"] == 1 and trainer.epoch == 1
+    for key, value in trainer.model.named_parameters():  # (BN statistics move in forward)
+        torch.testing.assert_close(value, after_epoch_1[key], rtol=0, atol=0, msg=key)
 
 
 def test_patience_counts_from_the_last_real_gain(

@@ -244,6 +244,62 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         yield url
 
 
+# ------------------------------------------------------------------ an S3 object store
+
+
+@dataclass
+class S3Server:
+    """A moto S3 server on 127.0.0.1 with one bucket, and the environment that points the
+    AWS clients of a process (pyarrow's S3FileSystem in the driver and the Ray workers)
+    at it and nowhere else: fixed test credentials, no profile, no instance metadata."""
+
+    endpoint: str
+    bucket: str
+    home: Path  # holds the (absent) AWS config files the clients are pointed at
+
+    def env(self) -> dict[str, str]:
+        """``os.environ`` without the caller's AWS settings, plus this server's."""
+        env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+        env.update(
+            AWS_ENDPOINT_URL=self.endpoint,
+            AWS_ACCESS_KEY_ID="test",
+            AWS_SECRET_ACCESS_KEY="test",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+            AWS_CONFIG_FILE=str(self.home / "config"),
+            AWS_SHARED_CREDENTIALS_FILE=str(self.home / "credentials"),
+        )
+        return env
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """``python -m moto.server`` on 127.0.0.1 (a free port) for the session, with bucket
+    ``tune-losses``; stopped by PID at the end."""
+    root = tmp_path_factory.mktemp("s3_server")
+    port = free_port()
+    endpoint = f"http://127.0.0.1:{port}"
+    cmd = [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)]
+    log_path = root / "server.log"
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, cwd=root, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        server = S3Server(endpoint, "tune-losses", root)
+        deadline = time.monotonic() + 60
+        while True:  # creating the bucket is the health check
+            request = urllib.request.Request(f"{endpoint}/{server.bucket}", method="PUT")
+            try:
+                with urllib.request.urlopen(request, timeout=2):
+                    break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"moto server did not start: {log_path.read_text()[-3000:]}")
+                time.sleep(0.3)
+        yield server
+    finally:
+        stop_tree(proc, timeout=10)
+
+
 # ------------------------------------------------------------------ a team's MLflow
 
 

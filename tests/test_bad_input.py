@@ -41,6 +41,11 @@ BAD: dict[str, tuple[dict[str, Any], str]] = {
         "loss.decode.ce.class_weights: class weights are all 0",
     ),
     "milestones": ({"loss": {"decode": {"ce": {"weight": STEP}}}}, "milestones must increase"),
+    # a list of modes for one metric: Ray took it and failed once the parent run was open
+    "mode_list": (
+        {"search": {"metric": "train/loss", "mode": ["min"]}},
+        "search: mode: a list (min) goes with a list of metrics",
+    ),
 }
 # only a search space can hold markers
 BAD_SPACE: dict[str, tuple[dict[str, Any], str]] = {

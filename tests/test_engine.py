@@ -185,10 +185,38 @@ def test_non_finite_loss_stops_with_a_clear_error(tiny: dict) -> None:
     tiny["train"]["lr_schedule"] = "constant"
     tiny["train"]["epochs"] = 5
     trainer = Trainer(validate_experiment(tiny))
-    with pytest.raises(FloatingPointError, match="loss is"):
-        for _ in trainer.epochs():
-            pass
-    assert not math.isnan(trainer.best) or trainer.epoch == 0
+    results = []
+    with pytest.raises(FloatingPointError, match=r"^loss is (nan|inf|-inf) at epoch \d+$") as info:
+        for result in trainer.epochs():
+            results.append(result)
+    # the epoch named is the one that failed: after every epoch reported, none counted for it
+    assert str(info.value).endswith(f"at epoch {len(results) + 1}")
+    assert trainer.epoch == len(results) < 5
+    assert all(math.isfinite(r["train/loss"]) for r in results)
+
+
+def test_a_non_finite_loss_is_caught_before_the_step_that_would_apply_it(tiny: dict) -> None:
+    """A loss that turns NaN at the first step of epoch 2 raises before backward and the
+    optimiser step: the parameters stay those the last finite step left."""
+    tiny["train"]["epochs"] = 3
+    trainer = Trainer(validate_experiment(tiny))
+    forward = trainer.loss.forward
+
+    def nan_from_epoch_2(outputs: Any, target: torch.Tensor, progress: float) -> Any:
+        out = forward(outputs, target, progress)
+        if progress >= 1 / 3:
+            out.total = out.total * float("nan")
+        return out
+
+    trainer.loss.forward = nan_from_epoch_2  # type: ignore[method-assign]
+    epochs = trainer.epochs()
+    first = next(epochs)
+    after_epoch_1 = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+    with pytest.raises(FloatingPointError, match="^loss is nan at epoch 2$"):
+        next(epochs)
+    assert first["epoch"] == 1 and trainer.epoch == 1
+    for key, value in trainer.model.named_parameters():  # (BN statistics move in forward)
+        torch.testing.assert_close(value, after_epoch_1[key], rtol=0, atol=0, msg=key)
 
 
 def test_patience_counts_from_the_last_real_gain(
@@ -196,10 +224,10 @@ def test_patience_counts_from_the_last_real_gain(
 ) -> None:
     """Steady gains of 0.9 with min_delta 1.0 add up to real progress: the run goes on
     (a reference that moved with every small gain would stop it after 3 epochs)."""
-    tiny["train"]["epochs"] = 8
+    tiny["train"]["epochs"] = 9
     tiny["train"]["early_stopping"] = {"patience": 3, "min_delta": 1.0}
     trainer = Trainer(validate_experiment(tiny))
-    scores = iter([10.0, 10.9, 11.8, 12.7, 13.6, 13.6, 13.6, 13.6])
+    scores = iter([10.0, 10.9, 11.8, 12.7, 13.6, 13.6, 13.6, 13.6, 13.6])
     empty = SegmentationMetrics(trainer.info.num_classes)
     monkeypatch.setattr(trainer, "train_one_epoch", lambda: {"train/loss": 1.0})
     monkeypatch.setattr(trainer, "evaluate", lambda: ({"val/mIoU": next(scores)}, empty))
@@ -207,6 +235,23 @@ def test_patience_counts_from_the_last_real_gain(
     # gains reset patience at 11.8 (over 10.0) and 13.6 (over 11.8); then 3 flat epochs
     assert [r["epoch"] for r in results] == [1, 2, 3, 4, 5, 6, 7, 8]
     assert results[-1]["early_stopped"] == 1.0
+
+
+def test_patience_running_out_at_the_last_epoch_is_no_early_stop(
+    tiny: dict, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Three flat epochs with patience 2 run out of patience at epoch 3 of 3: the run
+    trained every scheduled epoch, so it did not stop early."""
+    tiny["train"]["epochs"] = 3
+    tiny["train"]["early_stopping"] = {"patience": 2, "min_delta": 1.0}
+    trainer = Trainer(validate_experiment(tiny))
+    empty = SegmentationMetrics(trainer.info.num_classes)
+    monkeypatch.setattr(trainer, "train_one_epoch", lambda: {"train/loss": 1.0})
+    monkeypatch.setattr(trainer, "evaluate", lambda: ({"val/mIoU": 10.0}, empty))
+    results = list(trainer.epochs())
+    assert [r["epoch"] for r in results] == [1, 2, 3]
+    assert [r["early_stopped"] for r in results] == [0.0, 0.0, 0.0]
+    assert trainer.summary()["stopped_early"] is False
 
 
 def test_save_draws_the_best_epochs_predictions(tiny: dict, tmp_path: Path) -> None:
@@ -228,3 +273,30 @@ def test_save_draws_the_best_epochs_predictions(tiny: dict, tmp_path: Path) -> N
     resumed = Trainer(validate_experiment(tiny))
     resumed.load(tmp_path)  # the best epoch's picture survives a resume
     assert resumed.predictions_png() == png.read_bytes()
+
+
+def test_schedules_run_at_the_progress_the_readme_states(tiny: dict) -> None:
+    """Each step's weight is the schedule at ``(epoch * steps + step) / (epochs * steps)``,
+    from 0 to 1 - 1/(epochs * steps), never 1: the README's example (linear 1.0 -> 0.1, 2
+    epochs of 4 steps, last weight 0.2125) is what a run applies."""
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "`linear` from 1.0 to 0.1 over 2 epochs of 4 steps ends at 0.2125" in readme
+    tiny["train"]["epochs"] = 2
+    tiny["data"]["batch_size"] = 4  # 16 train images: 4 steps an epoch
+    tiny["loss"]["aux"]["ce"]["weight"] = {"schedule": "linear", "start": 1.0, "end": 0.1}
+    trainer = Trainer(validate_experiment(tiny))
+    assert trainer.steps_per_epoch == 4
+    seen: list[float] = []
+    forward = trainer.loss.forward
+
+    def recording(outputs: Any, target: torch.Tensor, progress: float) -> Any:
+        out = forward(outputs, target, progress)
+        seen.append(out.weights["aux/ce"])
+        return out
+
+    trainer.loss.forward = recording  # type: ignore[method-assign]
+    results = list(trainer.epochs())
+    # 1.0 - 0.9 * k / 8 for k = 0..7, by hand
+    expected = [1.0, 0.8875, 0.775, 0.6625, 0.55, 0.4375, 0.325, 0.2125]
+    assert seen == pytest.approx(expected)
+    assert [r["weight/aux/ce"] for r in results] == pytest.approx([0.83125, 0.38125])

@@ -61,12 +61,39 @@ FIVE = {
 }
 
 
+def _focal_by_hand(logits: torch.Tensor, target: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Mean over kept pixels of ``-(1 - p_t)^gamma log p_t`` (Lin et al. 2017), no alpha."""
+    kept = target != IGNORE
+    log_p = torch.log_softmax(logits, 1).permute(0, 2, 3, 1)[kept]
+    log_pt = log_p.gather(1, target[kept][:, None])[:, 0]
+    return (-((1 - log_pt.exp()) ** gamma) * log_pt).mean()
+
+
+def _dice_by_hand(logits: torch.Tensor, target: torch.Tensor, smooth: float) -> torch.Tensor:
+    """``1 - (2 I + s) / (P + Y + s)`` per class over the kept pixels of the batch, averaged
+    over the classes the batch's labels hold."""
+    kept = target != IGNORE
+    p = torch.softmax(logits, 1).permute(0, 2, 3, 1)[kept]
+    y = torch.nn.functional.one_hot(target[kept], logits.shape[1]).float()
+    inter, pred, label = (p * y).sum(0), p.sum(0), y.sum(0)
+    return (1 - (2 * inter + smooth) / (pred + label + smooth))[label > 0].mean()
+
+
 def test_total_is_sum_of_weighted_parts(batch):
     logits, target = batch
     mix = LossMix({"decode": FIVE})
     out = mix({"decode": logits}, target, progress=0.75)
     assert isinstance(out, LossOutput)
-    assert out.total.item() == sum(out.parts.values()).item()
+    # at progress 0.75: lovasz linear 0 -> 1 is 0.75, boundary past its 0.5 milestone is 0.2;
+    # CE from torch, focal and Dice by their formulas, Lovasz and Boundary standalone
+    expected = (
+        1.0 * torch.nn.functional.cross_entropy(logits, target, ignore_index=IGNORE)
+        + 0.5 * _focal_by_hand(logits, target, gamma=2.0)
+        + 0.75 * lovasz_softmax(logits, target)
+        + 0.3 * _dice_by_hand(logits, target, smooth=1.0)
+        + 0.2 * boundary(logits, target)
+    )
+    torch.testing.assert_close(out.total, expected)
     assert out.weights == pytest.approx(
         {
             "decode/ce": 1.0,

@@ -100,6 +100,9 @@ def test_stop_reason() -> None:
     assert stop_reason({"epoch": 2, "early_stopped": 1.0}, 4, failed=False) == "early_stopping"
     assert stop_reason({"epoch": 4}, 4, failed=False) == "completed"
     assert stop_reason({"epoch": 2}, 4, failed=False) == "asha"
+    # patience that runs out at the last scheduled epoch stopped nothing: the run completed
+    last = {"epoch": 4, "epochs_max": 4, "early_stopped": 1.0}
+    assert stop_reason(last, 4, failed=False) == "completed"
 
 
 def test_pareto_front_per_mode() -> None:
@@ -235,3 +238,41 @@ def test_error_reason_of_any_error() -> None:
         "RuntimeError: boom from a user loss"
     )
     assert tracking.error_reason(None) == "unknown error"
+
+
+def test_a_search_on_another_metric_names_its_best_by_it(tmp_path: Path) -> None:
+    """``search.metric: train/loss`` (mode min): the leaderboard, the story and the
+    terminal table name the value they rank by after that metric, not ``best_val_mIoU``."""
+    from tune_losses.report import print_leaderboard
+
+    space = tmp_path / "space.yaml"
+    space.write_text("loss: {}\n")
+    tracker = SearchTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
+    tracker.start("search-1", {"search.metric": "train/loss", "search.mode": "min"}, space)
+    for trial_id, losses, mious in (
+        ("a", [0.9, 0.4375, 0.6], [10.0, 12.0, 40.0]),
+        ("b", [0.7], [50.0]),
+    ):
+        tracker.trial_started(trial_id, f"train_{trial_id}", _trial_config(0.1 * len(losses)))
+        for epoch, (loss, miou) in enumerate(zip(losses, mious, strict=True), 1):
+            result = _result(epoch, miou, max(mious[:epoch]))
+            result.update({"train/loss": loss, "best_train_loss": min(losses[:epoch])})
+            tracker.trial_result(trial_id, result, epoch)
+        tracker.trial_ended(trial_id, failed=False, last_result=result, max_epochs=3, summary=None)
+    trials = load_trials(tracker.client, find_parent(tracker.client, "e"))
+    assert [(t.trial_id, t.best) for t in trials] == [("a", 0.4375), ("b", 0.7)]
+
+    (row, _) = leaderboard_rows(trials)
+    assert row["best_train_loss"] == 0.4375 and "best_val_mIoU" not in row
+    header = leaderboard_csv(leaderboard_rows(trials)).splitlines()[0].split(",")
+    assert header[: len(LEADERBOARD_COLUMNS)] == [*LEADERBOARD_COLUMNS[:-1], "best_train_loss"]
+
+    tracker.tell_story(trials, reproduce="python -m tune_losses.search", retrain="R")
+    note = tracker.client.get_run(tracker.parent_id).data.tags[tracking.NOTE_TAG]
+    assert "best_train_loss **0.4375**" in note and "| # | trial | best_train_loss |" in note
+    assert "mIoU" not in note
+
+    buffer = io.StringIO()
+    print_leaderboard(trials, "Leaderboard", file=buffer)
+    table = buffer.getvalue()
+    assert "best train/loss" in table and "0.4375" in table and "mIoU" not in table

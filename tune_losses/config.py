@@ -323,6 +323,11 @@ class SearchConfig(_Strict):
     @model_validator(mode="after")
     def _objectives(self) -> SearchConfig:
         metrics = [self.metric] if isinstance(self.metric, str) else self.metric
+        if isinstance(self.mode, list) and isinstance(self.metric, str):
+            raise ValueError(
+                f"mode: a list ({', '.join(self.mode)}) goes with a list of metrics; "
+                f"for one metric ({self.metric}) give one mode, e.g. mode: {self.mode[0]}"
+            )
         if isinstance(self.mode, list) and len(self.mode) != len(metrics):
             raise ValueError(f"mode: one per metric ({len(metrics)}), got {self.mode}")
         if len(metrics) > 1 and self.scheduler != "fifo":

@@ -411,7 +411,9 @@ class Trainer:
                 self.best_confmat = metrics.confmat.cpu()
                 self.best_per_class = list(metrics.compute()["iou_per_class"])
                 self.best_preview = self.preview()
-            if stop.patience is not None and self.bad_epochs >= stop.patience:
+            # patience running out at the last scheduled epoch stops nothing: not early
+            last = self.epoch >= self.exp.train.epochs
+            if stop.patience is not None and self.bad_epochs >= stop.patience and not last:
                 self.stopped_early = True
             result.update(
                 {

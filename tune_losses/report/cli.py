@@ -28,6 +28,7 @@ from tune_losses.tracking import (
     find_parent,
     load_trials,
     open_client,
+    ranking,
 )
 
 
@@ -83,9 +84,8 @@ def report(
         f"search {name} ({parent.info.run_id}, {parent.info.status.lower()}): "
         f"{status_summary(trials)}"
     )
-    print_leaderboard(
-        trials, f"Leaderboard of {name} (best val mIoU, %)", top, csv=out / LEADERBOARD
-    )
+    shown = ", ".join(f"{metric} {mode}" for metric, mode in ranking(parent))
+    print_leaderboard(trials, f"Leaderboard of {name} (best {shown})", top, csv=out / LEADERBOARD)
     trust = search_trust(parent, trials)
     print(f"what the search can trust: {trust.sentence()}")
     importances = param_importances(trials, budget=trust.trusted)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import base64
-import math
 from collections.abc import Sequence
 from html import escape
 from pathlib import Path
 
 from mlflow.entities import Run
 
+from tune_losses.config import best_metric_name
 from tune_losses.report.importances import Importances
 from tune_losses.report.tables import status_summary
-from tune_losses.tracking import BEST_METRIC, TrialRecord, searched_params, short_value
+from tune_losses.tracking import (
+    CURVE_METRIC,
+    TrialRecord,
+    format_best,
+    searched_params,
+    short_value,
+)
 
 
 def report_html(
@@ -27,10 +33,12 @@ def report_html(
     look than read; opens from a file, a mail or MLflow's artifact view alike."""
     name = parent.info.run_name or parent.info.run_id
     searched = searched_params(trials)
-    head = ["#", "trial", "run id", "status", "ended", "epochs", BEST_METRIC, *searched]
+    metric = trials[0].metric if trials else CURVE_METRIC
+    head = ["#", "trial", "run id", "status", "ended", "epochs", best_metric_name(metric)]
+    head += searched
     rows = []
     for rank, t in enumerate(trials, 1):
-        best = f"{t.best:.2f}" if math.isfinite(t.best) else "-"
+        best = format_best(t.best, metric)
         cells = [str(rank), t.name, t.run_id, t.status, t.stop_reason, t.epochs_run, best]
         rows.append(cells + [short_value(t.params.get(k, "")) for k in searched])
     parts = [

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from tune_losses.report.importances import Importances
-from tune_losses.tracking import LEADERBOARD, TrialRecord, searched_params, short_names, short_value
+from tune_losses.tracking import (
+    CURVE_METRIC,
+    LEADERBOARD,
+    TrialRecord,
+    best_label,
+    format_best,
+    searched_params,
+    short_names,
+    short_value,
+)
 
 TERMINAL_WIDTH = 120
 TERMINAL_ROWS = 10
@@ -28,7 +36,8 @@ def print_leaderboard(
     width: int = TERMINAL_WIDTH,
 ) -> None:
     """Rich table that fits ``width`` columns: the ``top`` best trials (default
-    :data:`TERMINAL_ROWS`), how each ended, its best val mIoU and the searched values only
+    :data:`TERMINAL_ROWS`), how each ended, its best value of the search's metric
+    (``best mIoU``, ``best train/loss``) and the searched values only
     (params that vary, named without their shared prefix), as many as fit; the caption
     points to ``csv`` for the rest. The report and the search's end summary print it."""
     from rich.console import Console
@@ -39,14 +48,15 @@ def print_leaderboard(
     shown = list(trials[:rows])
     searched = searched_params(trials)
     names = short_names(searched)
-    fixed = ["#", "trial", "ended", "epochs", "best mIoU"]
+    metric = trials[0].metric if trials else CURVE_METRIC
+    fixed = ["#", "trial", "ended", "epochs", best_label(metric)]
     cells = [
         [
             str(rank),
             _clip(t.name, _NAME_WIDTH),
             t.stop_reason or t.status,
             t.epochs_run,
-            f"{t.best:.2f}" if math.isfinite(t.best) else "-",
+            format_best(t.best, metric),
         ]
         for rank, t in enumerate(shown, 1)
     ]

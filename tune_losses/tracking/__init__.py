@@ -25,8 +25,11 @@ One job a module, everything re-exported here:
 
 from __future__ import annotations
 
+from tune_losses.config import best_metric_name  # best_<metric>: a metric name of the layout
 from tune_losses.tracking.leaderboard import (
     LEADERBOARD_COLUMNS,
+    best_label,
+    format_best,
     leaderboard_csv,
     leaderboard_rows,
     pareto_front,
@@ -139,9 +142,12 @@ __all__ = [
     "SearchTracker",
     "TrackingError",
     "TrialRecord",
+    "best_label",
+    "best_metric_name",
     "error_reason",
     "failure_reasons",
     "find_parent",
+    "format_best",
     "git_tags",
     "leaderboard_csv",
     "leaderboard_rows",

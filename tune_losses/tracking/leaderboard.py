@@ -24,7 +24,23 @@ from tune_losses.tracking.names import (
 if TYPE_CHECKING:  # readers imports ranking and pareto_front from here
     from tune_losses.tracking.readers import TrialRecord
 
+# the leaderboard's first columns; the last is named after the search's metric
+# (``best_val_mIoU`` for the default ``val/mIoU``, ``best_train_loss`` ...)
 LEADERBOARD_COLUMNS = ("rank", "trial", "run_id", "status", STOP_TAG, EPOCHS_TAG, BEST_METRIC)
+
+
+def best_label(metric: str) -> str:
+    """A short table header for the best value of ``metric``: ``best mIoU`` for
+    ``val/mIoU``, ``best boundary_IoU``, ``best train/loss``."""
+    return f"best {metric.removeprefix('val/')}"
+
+
+def format_best(value: float, metric: str) -> str:
+    """A best value as tables print it: ``-`` when missing, a loss (``train/...``) with 4
+    significant digits, the validation metrics (in %) with 2 decimals."""
+    if not math.isfinite(value):
+        return "-"
+    return f"{value:.4g}" if metric.startswith("train/") else f"{value:.2f}"
 
 
 def ranking(parent: Run) -> list[tuple[str, str]]:
@@ -52,14 +68,17 @@ def pareto_front(points: Mapping[str, Sequence[float]], modes: Sequence[str]) ->
 
 def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     """The leaderboard: one dict a trial, in the order given (best first), every ``loss.*``
-    param as a column. The search's summary, ``leaderboard.csv`` and the report use it."""
+    param as a column. The search's summary, ``leaderboard.csv`` and the report use it.
+    The best value's column is named after the search's metric (``best_train_loss``)."""
     keys = sorted({k for t in trials for k in t.params})
     repeated = any(t.repeat_of for t in trials)
     names = {t.trial_id: t.name for t in trials}
+    best = best_metric_name(trials[0].metric) if trials else BEST_METRIC
+    columns = (*LEADERBOARD_COLUMNS[:-1], best)
     rows = []
     for rank, t in enumerate(trials, 1):
         values = (rank, t.name, t.run_id, t.status, t.stop_reason, t.epochs_run, t.best)
-        row: dict[str, Any] = dict(zip(LEADERBOARD_COLUMNS, values, strict=True))
+        row: dict[str, Any] = dict(zip(columns, values, strict=True))
         if len(t.values) > 1:  # a multi-objective search: each objective and the front
             row.update({best_metric_name(k): v for k, v in t.values.items()})
             row["pareto"] = t.pareto

@@ -95,13 +95,14 @@ def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
 
 
 def stop_reason(last_result: Mapping[str, Any], max_epochs: int, failed: bool) -> str:
-    """How a trial ended: error, early_stopping (patience), completed, or asha (stopped)."""
+    """How a trial ended: error, completed (ran every scheduled epoch, even when patience
+    ran out at the last one), early_stopping (patience, before the last epoch), or asha."""
     if failed:
         return "error"
-    if last_result.get("early_stopped"):
-        return "early_stopping"
     if int(last_result.get("epoch", 0)) >= int(last_result.get("epochs_max", max_epochs)):
         return "completed"
+    if last_result.get("early_stopped"):
+        return "early_stopping"
     return "asha"
 
 

@@ -134,6 +134,7 @@ class TrialRecord:
     trial_id: str = ""
     values: dict[str, float] = field(default_factory=dict)
     pareto: bool = False
+    metric: str = CURVE_METRIC  # the search's (first) metric: ``best`` is its best value
     tags: dict[str, str] = field(default_factory=dict)
     seeds: list[float] = field(default_factory=list)  # final value per seed, when repeated
 
@@ -175,6 +176,7 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
                 history=curve,
                 trial_id=tags.get(TRIAL_TAG, ""),
                 values=values,
+                metric=metric,
                 tags=dict(tags),
             )
         )

@@ -6,9 +6,15 @@ import math
 import statistics
 from collections.abc import Sequence
 
-from tune_losses.tracking.leaderboard import searched_params, short_names, short_value
+from tune_losses.config import best_metric_name
+from tune_losses.tracking.leaderboard import (
+    format_best,
+    searched_params,
+    short_names,
+    short_value,
+)
 from tune_losses.tracking.names import (
-    BEST_METRIC,
+    CURVE_METRIC,
     EPOCHS_REPEATED,
     EPOCHS_SPENT,
     LEADERBOARD,
@@ -60,12 +66,14 @@ def search_story(
 ) -> str:
     """The parent run's markdown description: the winner with a link to its run, how the
     trials ended, the ``top`` trials with their searched values and stop reasons, and the
-    commands that reproduce the search and retrain the winner. ``trials`` are best first."""
+    commands that reproduce the search and retrain the winner. ``trials`` are best first;
+    their best value is named after the search's metric (``best_train_loss``)."""
     counts = trial_counts(trials)
+    metric = trials[0].metric if trials else CURVE_METRIC
     lines = []
     best = next((t for t in trials if math.isfinite(t.best)), None)
     if best is None:
-        lines.append("**No trial reported a val mIoU.**")
+        lines.append(f"**No trial reported a {metric}.**")
     else:
         link = run_link(experiment_id, best.run_id)
         seeds = ""
@@ -74,7 +82,8 @@ def search_story(
             values = ", ".join(f"{v:.2f}" for v in best.seeds)
             seeds = f", the mean of {len(best.seeds)} seeds ({values}; sd {spread:.2f})"
         lines.append(
-            f"**Best trial: [{best.name}]({link})**, {BEST_METRIC} **{best.best:.2f}**{seeds} "
+            f"**Best trial: [{best.name}]({link})**, {best_metric_name(metric)} "
+            f"**{format_best(best.best, metric)}**{seeds} "
             f"(run `{best.run_id}`, {best.stop_reason or best.status.lower()})."
         )
     lines.append(
@@ -93,10 +102,11 @@ def search_story(
     names = short_names(searched)
     shown = trials[:top]
     if shown:
-        header = ["#", "trial", BEST_METRIC, "ended", "epochs", *(names[k] for k in searched)]
+        header = ["#", "trial", best_metric_name(metric), "ended", "epochs"]
+        header += [names[k] for k in searched]
         lines += ["", f"### Top {len(shown)}", "", _md_row(header), _md_row(["---"] * len(header))]
         for rank, t in enumerate(shown, 1):
-            value = f"{t.best:.2f}" if math.isfinite(t.best) else "-"
+            value = format_best(t.best, metric)
             cells = [str(rank), f"[{t.name}]({run_link(experiment_id, t.run_id)})", value]
             cells += [t.stop_reason or t.status.lower(), t.epochs_run]
             cells += [short_value(t.params.get(k, "")) or "-" for k in searched]

@@ -8,18 +8,20 @@ layout, and prints one progress line per event.
 from __future__ import annotations
 
 import math
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from ray import tune
 
-from tune_losses.engine import PREDICTIONS_FILE, read_summary
+from tune_losses.engine import PREDICTIONS_FILE, SUMMARY_FILE, read_summary
 from tune_losses.tracking import (
-    BEST_METRIC,
     CURVE_METRIC,
     SearchTracker,
+    best_metric_name,
+    format_best,
     short_names,
     trial_run_name,
 )
@@ -34,12 +36,20 @@ from tune_losses.tune.trainable import (
 
 
 class TrialLogger(tune.Callback):
-    """Forwards trial events to a :class:`SearchTracker` and prints progress."""
+    """Forwards trial events to a :class:`SearchTracker` and prints progress, each trial's
+    best value named after the search's (first) ``metric``."""
 
-    def __init__(self, tracker: SearchTracker, max_epochs: int, verbose: bool = True) -> None:
+    def __init__(
+        self,
+        tracker: SearchTracker,
+        max_epochs: int,
+        verbose: bool = True,
+        metric: str = CURVE_METRIC,
+    ) -> None:
         self.tracker = tracker
         self.max_epochs = max_epochs
         self.verbose = verbose
+        self.metric = metric
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray pickles the run config with its callbacks (for ``Tuner.restore``): keep the
@@ -51,6 +61,7 @@ class TrialLogger(tune.Callback):
             "parent_id": t.parent_id,
             "max_epochs": self.max_epochs,
             "verbose": self.verbose,
+            "metric": self.metric,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -58,6 +69,7 @@ class TrialLogger(tune.Callback):
         if state["parent_id"] is not None:
             tracker.reopen(state["parent_id"])
         self.tracker, self.max_epochs, self.verbose = tracker, state["max_epochs"], state["verbose"]
+        self.metric = state.get("metric", CURVE_METRIC)  # a search started before it was kept
 
     def _say(self, text: str) -> None:
         if self.verbose:
@@ -95,21 +107,18 @@ class TrialLogger(tune.Callback):
         if CLONED_FROM in result:
             self.tracker.trial_cloned(trial.trial_id, str(result[CLONED_FROM]))
             self._say(f"{trial.trial_id} cloned from {result[CLONED_FROM]} (PBT exploit)")
-        self._say(
-            f"{trial.trial_id} epoch {result.get('epoch')}/{self.max_epochs}"
-            f"  val mIoU {result.get(CURVE_METRIC, math.nan):.2f}"
-            f"  best {result.get(BEST_METRIC, math.nan):.2f}"
-            f"  train loss {result.get('train/loss', math.nan):.4f}"
-        )
+        epoch = f"epoch {result.get('epoch')}/{self.max_epochs}"
+        self._say(f"{trial.trial_id} {epoch}  {progress_line(result, self.metric)}")
 
     def _end(self, trial: Any, failed: bool) -> str:
-        checkpoint = trial.checkpoint
         summary = None
-        if checkpoint is not None and Path(checkpoint.path).is_dir():
-            summary = read_summary(checkpoint.path)
-            picture = Path(checkpoint.path) / PREDICTIONS_FILE
-            if picture.is_file():
-                self.tracker.log_predictions(trial.trial_id, picture)
+        with tempfile.TemporaryDirectory() as directory:
+            if trial.checkpoint is not None:
+                fetch_best_epoch(trial.checkpoint, directory)
+                summary = read_summary(directory)
+                picture = Path(directory) / PREDICTIONS_FILE
+                if picture.is_file():
+                    self.tracker.log_predictions(trial.trial_id, picture)
         return self.tracker.trial_ended(
             trial.trial_id,
             failed=failed,
@@ -123,8 +132,9 @@ class TrialLogger(tune.Callback):
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
     ) -> None:
         reason = self._end(trial, failed=False)
-        best = (trial.last_result or {}).get(BEST_METRIC, math.nan)
-        self._say(f"{trial.trial_id} ended ({reason}): best val mIoU {best:.2f}")
+        best = (trial.last_result or {}).get(best_metric_name(self.metric), math.nan)
+        shown = format_best(best, self.metric)
+        self._say(f"{trial.trial_id} ended ({reason}): best {self.metric} {shown}")
 
     def on_trial_error(
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
@@ -132,6 +142,33 @@ class TrialLogger(tune.Callback):
         self._end(trial, failed=True)
         text = (_error_text(trial) or "").strip().splitlines()
         self._say(f"{trial.trial_id} failed: {text[-1] if text else 'unknown error'}")
+
+
+def progress_line(result: Mapping[str, Any], metric: str = CURVE_METRIC) -> str:
+    """An epoch's numbers as the progress line prints them: val mIoU, the best value so far
+    of the search's ``metric`` (named when it is not val mIoU) and the train loss."""
+    best = format_best(result.get(best_metric_name(metric), math.nan), metric)
+    label = "best" if metric == CURVE_METRIC else f"best {metric}"
+    return (
+        f"val mIoU {result.get(CURVE_METRIC, math.nan):.2f}  {label} {best}"
+        f"  train loss {result.get('train/loss', math.nan):.4f}"
+    )
+
+
+def fetch_best_epoch(checkpoint: tune.Checkpoint, directory: str | Path) -> list[str]:
+    """Copy a checkpoint's best-epoch files (``best.json``, ``predictions.png``) into the
+    local ``directory`` through the checkpoint's own filesystem (local, ``s3://``,
+    ``gs://``), without the model state; returns the names of the files it found."""
+    from pyarrow.fs import FileType
+
+    fs, root = checkpoint.filesystem, checkpoint.path.rstrip("/")
+    names = [SUMMARY_FILE, PREDICTIONS_FILE]
+    infos = fs.get_file_info([f"{root}/{name}" for name in names])
+    found = [name for name, info in zip(names, infos, strict=True) if info.type == FileType.File]
+    for name in found:
+        with fs.open_input_stream(f"{root}/{name}") as stream:
+            (Path(directory) / name).write_bytes(stream.read())
+    return found
 
 
 def _error_text(trial: Any) -> str | None:

@@ -262,7 +262,7 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker:
     if args.resume:
         tuner = restore_tuner(search.run_dir, trainable)
     else:
-        logger = TrialLogger(tracker, search.state["max_epochs"])
+        logger = TrialLogger(tracker, search.state["max_epochs"], metric=cfg.objectives[0][0])
         if not search.local and cfg.optuna_storage is None:
             print(
                 f"note: the Optuna study is kept in memory (--storage {search.storage} is "

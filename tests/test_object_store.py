@@ -7,11 +7,12 @@ import json
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from mlflow.tracking import MlflowClient
 from pyarrow import fs
+from test_tune_cli import assert_one_value_per_step, runs_of
 
 from conftest import S3Server, png_size, stop_tree, write_space
 from tune_losses.engine import PREDICTIONS_FILE, PREVIEW_IMAGES, SUMMARY_FILE
@@ -58,22 +59,39 @@ def test_best_epoch_files_are_read_from_an_s3_checkpoint(
     assert fetch_best_epoch(empty, tmp_path / "empty") == []
 
 
-@pytest.mark.slow
-def test_search_on_s3_storage_resumes_and_logs_best_epochs(
-    s3_server: S3Server, tmp_path: Path
-) -> None:
-    """``--storage s3://...``: Ctrl-C once an epoch is reported, ``--resume`` (found by
-    listing the bucket), then every child has its best-epoch files and the parent ends."""
-    epochs = 3
+@dataclass
+class Interrupted:
+    """A search on ``--storage s3://...`` stopped with Ctrl-C and resumed to its end, and
+    what each step left behind."""
+
+    uri: str
+    s3: fs.S3FileSystem
+    run_dir: str  # the search's folder in the bucket
+    stopped: subprocess.CompletedProcess[str]  # the Ctrl-C'd search
+    parent_status: str  # after Ctrl-C, before --resume
+    child_statuses: list[str]
+    resumed: subprocess.CompletedProcess[str]
+    local: Path  # the working folder
+
+
+EPOCHS = 4
+
+
+@pytest.fixture(scope="module")
+def interrupted(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Interrupted:
+    """One FIFO search (3 trials, 4 epochs) on ``--storage s3://tune-losses/searches`` (state,
+    checkpoints and best_config.yaml through pyarrow's S3 filesystem), Ctrl-C'd once a trial
+    reported epoch 2, then resumed from the latest search found by listing the bucket."""
+    tmp_path = tmp_path_factory.mktemp("interrupted")
     space = write_space(
         tmp_path / "space.yaml",
-        train={"epochs": epochs, "lr": 0.005},
-        search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo"},
+        train={"epochs": EPOCHS, "lr": 0.005},
+        search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    storage = f"s3://{s3_server.bucket}/searches"
     cmd = [sys.executable, "-m", "tune_losses.search", "--space", str(space)]
-    cmd += ["--tracking-uri", uri, "--experiment", "e2e", "--storage", storage]
+    cmd += ["--tracking-uri", uri, "--experiment", "e2e"]
+    cmd += ["--storage", f"s3://{s3_server.bucket}/searches"]
     env = {**s3_server.env(), "PYTHONPATH": str(ROOT)}
     proc = subprocess.Popen(
         cmd,
@@ -88,43 +106,91 @@ def test_search_on_s3_storage_resumes_and_logs_best_epochs(
         seen = []
         for line in proc.stdout or []:
             seen.append(line)
-            if f"epoch 1/{epochs}" in line:
+            if f"epoch 2/{EPOCHS}" in line:
                 proc.send_signal(signal.SIGINT)
                 break
-        out = "".join(seen) + proc.communicate(timeout=120)[0]
+        out = "".join(seen) + proc.communicate(timeout=300)[0]
     finally:
         stop_tree(proc, timeout=30)
-    assert proc.returncode == 130, out[-3000:]
-    assert "--resume" in out
-
-    done = subprocess.run(
-        [*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    stopped = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    _, parents, children = runs_of(uri)
+    resumed = subprocess.run(
+        [*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    s3 = s3_filesystem(s3_server)
+    (run_dir,) = s3.get_file_info(fs.FileSelector(f"{s3_server.bucket}/searches"))
+    return Interrupted(
+        uri,
+        s3,
+        run_dir.path,
+        stopped,
+        parents[0].info.status,
+        [c.info.status for c in children],
+        resumed,
+        tmp_path,
+    )
 
-    client = MlflowClient(uri)
-    experiment = client.get_experiment_by_name("e2e")
-    runs = client.search_runs([experiment.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+@pytest.mark.slow
+def test_interrupted_search_resumes_into_the_same_runs(interrupted: Interrupted) -> None:
+    assert interrupted.stopped.returncode == 130, interrupted.stopped.stdout[-3000:]
+    assert "--resume" in interrupted.stopped.stdout
+    assert interrupted.parent_status == "KILLED"
+    assert "RUNNING" not in interrupted.child_statuses
+
+    done = interrupted.resumed
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client, parents, children = runs_of(interrupted.uri)
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert_one_value_per_step(client, child)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
+        assert steps == list(range(1, EPOCHS + 1)), steps
+
+
+@pytest.mark.slow
+def test_search_on_a_uri_storage_resumes(interrupted: Interrupted) -> None:
+    """--storage <URI>: state, checkpoints and best_config.yaml through pyarrow.fs, nothing
+    under the working folder; interrupted, then resumed from the latest search found by
+    listing that URI; the Optuna study is in memory (say so)."""
+    out = interrupted.stopped.stdout
+    assert interrupted.stopped.returncode == 130, out[-3000:]
+    assert "Optuna study is kept in memory" in out
+    s3, run_dir = interrupted.s3, interrupted.run_dir
+    assert s3.get_file_info(f"{run_dir}/tune_losses.json").type == fs.FileType.File
+    assert s3.get_file_info(f"{run_dir}/optuna.db").type == fs.FileType.NotFound
+
+    done = interrupted.resumed
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert s3.get_file_info(f"{run_dir}/best_config.yaml").type == fs.FileType.File
+    assert not (interrupted.local / "ray_results").exists()
+    client, parents, children = runs_of(interrupted.uri)
     assert [p.info.status for p in parents] == ["FINISHED"]
-    assert [c.info.status for c in children] == ["FINISHED"] * 2
+    assert [c.info.status for c in children] == ["FINISHED"] * 3
+    for child in children:
+        assert_one_value_per_step(client, child)
+
+
+@pytest.mark.slow
+def test_search_on_s3_storage_logs_every_best_epoch(interrupted: Interrupted) -> None:
+    """After Ctrl-C and --resume, every child has its best-epoch files, read from the
+    checkpoints in the bucket."""
+    done = interrupted.resumed
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    client, _, children = runs_of(interrupted.uri)
     for child in children:
         run_id = child.info.run_id
         arts = {a.path for a in client.list_artifacts(run_id)}
         assert {"best_epoch.json", "best_epoch", PREDICTIONS_FILE} <= arts, arts
-        local = tmp_path / "download" / run_id
+        local = interrupted.local / "download" / run_id
         local.mkdir(parents=True)
         best = json.loads(
             Path(client.download_artifacts(run_id, "best_epoch.json", str(local))).read_text()
         )
-        assert best["epochs_run"] == epochs
+        assert best["epochs_run"] == EPOCHS
         assert best["best_val_mIoU"] == pytest.approx(child.data.metrics["best_val_mIoU"])
         assert len(best["iou_per_class"]) == len(best["confmat"]) == 4
         png = Path(client.download_artifacts(run_id, PREDICTIONS_FILE, str(local)))
         assert png_size(png.read_bytes()) == predictions_png_size(PREVIEW_IMAGES)
-    # Ray's state and the best config are in the bucket, nothing under the working folder
-    s3 = s3_filesystem(s3_server)
-    (run_dir,) = s3.get_file_info(fs.FileSelector(f"{s3_server.bucket}/searches"))
-    assert s3.get_file_info(f"{run_dir.path}/best_config.yaml").type == fs.FileType.File
-    assert not (tmp_path / "ray_results").exists()

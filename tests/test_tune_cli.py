@@ -14,7 +14,6 @@ import threading
 import time
 import urllib.parse
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -238,94 +237,6 @@ def test_bad_space_writes_nothing(tmp_path: Path) -> None:
     assert proc.stderr.strip() == f"error: {space}: train.optimiser: Extra inputs are not permitted"
     assert not (tmp_path / "mlruns.db").exists()
     assert not (tmp_path / "ray_results").exists()
-
-
-@dataclass
-class Interrupted:
-    """A search stopped with Ctrl-C and resumed to its end, and what each step left."""
-
-    uri: str
-    run_dir: Path
-    stopped: subprocess.CompletedProcess[str]  # the Ctrl-C'd search
-    parent_status: str  # after Ctrl-C, before --resume
-    child_statuses: list[str]
-    resumed: subprocess.CompletedProcess[str]
-
-
-@pytest.fixture(scope="module")
-def interrupted(tmp_path_factory: pytest.TempPathFactory) -> Interrupted:
-    """One FIFO search (3 trials, 4 epochs) on ``--storage file://...`` (state, checkpoints
-    and best_config.yaml through pyarrow.fs), Ctrl-C'd once a trial reported epoch 2, then
-    resumed from the latest search found by listing that URI."""
-    tmp_path = tmp_path_factory.mktemp("interrupted")
-    epochs = 4
-    space = write_space(
-        tmp_path / "space.yaml",
-        train={"epochs": epochs, "lr": 0.005},
-        search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
-    )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    args += ["--storage", f"file://{tmp_path / 'remote'}"]
-    proc = start_search(tmp_path, *args)
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if f"epoch 2/{epochs}" in line:
-            proc.send_signal(signal.SIGINT)
-            break
-    out = "".join(seen) + proc.communicate(timeout=300)[0]
-    stopped = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
-    _, parents, children = runs_of(uri)
-    (run_dir,) = (tmp_path / "remote").iterdir()
-    resumed = run_cli(tmp_path, *args, "--resume")
-    return Interrupted(
-        uri,
-        run_dir,
-        stopped,
-        parents[0].info.status,
-        [c.info.status for c in children],
-        resumed,
-    )
-
-
-@pytest.mark.slow
-def test_interrupted_search_resumes_into_the_same_runs(interrupted: Interrupted) -> None:
-    assert interrupted.stopped.returncode == 130, interrupted.stopped.stdout[-3000:]
-    assert "--resume" in interrupted.stopped.stdout
-    assert interrupted.parent_status == "KILLED"
-    assert "RUNNING" not in interrupted.child_statuses
-
-    done = interrupted.resumed
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    client, parents, children = runs_of(interrupted.uri)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 3
-    for child in children:
-        assert child.info.status == "FINISHED"
-        assert_one_value_per_step(client, child)
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
-        assert steps == list(range(1, 5)), steps
-
-
-@pytest.mark.slow
-def test_search_on_a_file_uri_storage_resumes(interrupted: Interrupted) -> None:
-    """--storage file://...: state, checkpoints and best_config.yaml through pyarrow.fs;
-    interrupted, then resumed from the latest search found by listing that URI."""
-    out = interrupted.stopped.stdout
-    assert interrupted.stopped.returncode == 130, out[-3000:]
-    assert "Optuna study is kept in memory" in out
-    run_dir = interrupted.run_dir
-    assert (run_dir / "tune_losses.json").is_file() and not (run_dir / "optuna.db").exists()
-
-    done = interrupted.resumed
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    assert (run_dir / "best_config.yaml").is_file()
-    client, parents, children = runs_of(interrupted.uri)
-    assert [p.info.status for p in parents] == ["FINISHED"]
-    assert [c.info.status for c in children] == ["FINISHED"] * 3
-    for child in children:
-        assert_one_value_per_step(client, child)
 
 
 def assert_one_value_per_step(client: MlflowClient, child: Any) -> None:

@@ -21,6 +21,7 @@ from typing import Any, NamedTuple
 
 import pytest
 import yaml
+from mlflow.tracking import MlflowClient
 
 from tune_losses.tiny import tiny_experiment
 
@@ -68,6 +69,53 @@ def run_cli(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProces
         text=True,
         timeout=600,
     )
+
+
+def runs_of(uri: str) -> tuple[MlflowClient, list, list]:
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("e2e")
+    runs = client.search_runs([exp.experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    return client, parents, children
+
+
+def assert_one_value_per_step(client: MlflowClient, child: Any) -> None:
+    """Every metric of a child: steps strictly increasing (no step logged twice), and
+    ``best_val_mIoU`` the max of the logged ``val/mIoU`` history."""
+    for key in child.data.metrics:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
+        assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), (key, steps)
+    curve = [m.value for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
+    assert child.data.metrics["best_val_mIoU"] == max(curve)
+
+
+def start_search(cwd: Path, *args: str) -> subprocess.Popen[str]:
+    """The search CLI in its own session (so what it leaves behind can be stopped)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "tune_losses.search", *args],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+
+
+def sigkill_after(proc: subprocess.Popen[str], marker: str) -> str:
+    """``kill -9`` the driver once ``marker`` is printed, then whatever it started
+    (its session: local Ray); returns what it printed."""
+    seen = []
+    for line in proc.stdout:
+        seen.append(line)
+        if marker in line:
+            break
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=60)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    return "".join(seen)
 
 
 def write_space(path: Path, **sections: object) -> Path:

@@ -12,9 +12,15 @@ from pathlib import Path
 
 import pytest
 from pyarrow import fs
-from test_tune_cli import assert_one_value_per_step, runs_of
 
-from conftest import S3Server, png_size, stop_tree, write_space
+from conftest import (
+    S3Server,
+    assert_one_value_per_step,
+    png_size,
+    runs_of,
+    stop_tree,
+    write_space,
+)
 from tune_losses.engine import PREDICTIONS_FILE, PREVIEW_IMAGES, SUMMARY_FILE
 from tune_losses.plots import predictions_png_size
 from tune_losses.tune.callback import fetch_best_epoch

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
-import os
 import re
-import signal
 import subprocess
 import sys
 import threading
@@ -15,7 +12,6 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
@@ -27,10 +23,14 @@ from conftest import (
     MlflowServer,
     RayCluster,
     TinySearch,
+    assert_one_value_per_step,
     png_size,
     process_tree,
     run_cli,
     run_notebook,
+    runs_of,
+    sigkill_after,
+    start_search,
     write_space,
 )
 from tune_losses.config import load_experiment
@@ -41,15 +41,6 @@ from tune_losses.train import main as train_main
 
 ROOT = Path(__file__).resolve().parents[1]
 SPACES = sorted((ROOT / "search_spaces").glob("*.yaml"))
-
-
-def runs_of(uri: str) -> tuple[MlflowClient, list, list]:
-    client = MlflowClient(uri)
-    exp = client.get_experiment_by_name("e2e")
-    runs = client.search_runs([exp.experiment_id])
-    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    return client, parents, children
 
 
 @pytest.mark.slow
@@ -239,16 +230,6 @@ def test_bad_space_writes_nothing(tmp_path: Path) -> None:
     assert not (tmp_path / "ray_results").exists()
 
 
-def assert_one_value_per_step(client: MlflowClient, child: Any) -> None:
-    """Every metric of a child: steps strictly increasing (no step logged twice), and
-    ``best_val_mIoU`` the max of the logged ``val/mIoU`` history."""
-    for key in child.data.metrics:
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, key)]
-        assert all(a < b for a, b in zip(steps, steps[1:], strict=False)), (key, steps)
-    curve = [m.value for m in client.get_metric_history(child.info.run_id, "val/mIoU")]
-    assert child.data.metrics["best_val_mIoU"] == max(curve)
-
-
 def fifo_search(tmp_path: Path, epochs: int) -> tuple[str, list[str]]:
     """A 3-trial FIFO space of ``epochs`` epochs in ``tmp_path``: the store's URI and the
     search's arguments (space, store, experiment ``e2e``, storage ``tmp_path/ray``)."""
@@ -260,34 +241,6 @@ def fifo_search(tmp_path: Path, epochs: int) -> tuple[str, list[str]]:
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
     return uri, [*args, "--storage", str(tmp_path / "ray")]
-
-
-def start_search(cwd: Path, *args: str) -> subprocess.Popen[str]:
-    """The search CLI in its own session (so what it leaves behind can be stopped)."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "tune_losses.search", *args],
-        cwd=cwd,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        start_new_session=True,
-    )
-
-
-def sigkill_after(proc: subprocess.Popen[str], marker: str) -> str:
-    """``kill -9`` the driver once ``marker`` is printed, then whatever it started
-    (its session: local Ray); returns what it printed."""
-    seen = []
-    for line in proc.stdout:
-        seen.append(line)
-        if marker in line:
-            break
-    proc.send_signal(signal.SIGKILL)
-    proc.wait(timeout=60)
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGKILL)
-    return "".join(seen)
 
 
 @pytest.mark.slow

@@ -76,12 +76,19 @@ class SearchTracker(_Writer):
         self.client.log_text(pid, leaderboard_csv, LEADERBOARD)
         if best_config_yaml is not None:
             self.client.log_text(pid, best_config_yaml, BEST_CONFIG)
+        logged = self.client.get_run(pid).data.metrics
         for key, value in best.items():
             if isinstance(value, int | float) and math.isfinite(value):
-                self.client.log_metric(pid, key, float(value))
+                self._log_once(pid, key, float(value), logged)
             else:
                 self.client.set_tag(pid, key, str(value))
         self.client.set_terminated(pid, "FINISHED")
+
+    def _log_once(self, run_id: str, key: str, value: float, logged: Mapping[str, float]) -> None:
+        """Log a summary metric at step 0 unless the run holds it already: a summary redone
+        on ``--resume`` (the driver was killed during it) adds no second value."""
+        if key not in logged:
+            self.client.log_metric(run_id, key, value)
 
     def attach(self, texts: Mapping[str, str]) -> None:
         """Log text files on the parent run (``pareto.csv``, one best config per member)."""
@@ -107,8 +114,9 @@ class SearchTracker(_Writer):
             trials, self.experiment_id, reproduce=reproduce, retrain=retrain, trust=trust
         )
         self.client.set_tag(pid, NOTE_TAG, story)
+        logged = self.client.get_run(pid).data.metrics
         for key, value in trial_counts(trials).items():
-            self.client.log_metric(pid, key, value)
+            self._log_once(pid, key, value, logged)
 
     def open_children(self) -> list[str]:
         """Child runs of this search still RUNNING (trials interrupted mid-way)."""
@@ -131,6 +139,17 @@ class SearchTracker(_Writer):
         return self.parent_id
 
     # ------------------------------------------------------------------ children
+    def retire(self, trial_ids: Sequence[str]) -> list[str]:
+        """Delete (MLflow soft delete) the child runs of trials the resumed search does not
+        know: started after Ray's last snapshot, their Optuna trials are rerun by new Ray
+        trials with new children. Returns the deleted runs' ids."""
+        gone = [self.children.pop(t) for t in trial_ids if t in self.children]
+        for run_id in gone:
+            if self.client.get_run(run_id).info.status == "RUNNING":
+                self.client.set_terminated(run_id, "KILLED")
+            self.client.delete_run(run_id)
+        return gone
+
     def next_trial_number(self) -> int:
         """The number of a trial not seen yet: 1 + the child runs this search has (resumed
         searches included), in the order trials start."""
@@ -238,6 +257,11 @@ class SearchTracker(_Writer):
             self.client.set_tag(run_id, ERROR_TAG, error[:5000])
         if failed:
             self.client.set_tag(run_id, ERROR_REASON_TAG, error_reason(error))
+        else:  # a reopened child that failed before ended well this time: no stale error
+            stale = self.client.get_run(run_id).data.tags
+            for tag in (ERROR_TAG, ERROR_REASON_TAG):
+                if tag in stale:
+                    self.client.delete_tag(run_id, tag)
         if summary is not None:
             self.log_best_epoch(run_id, summary)
         status = RunStatus.to_string(RunStatus.FAILED if failed else RunStatus.FINISHED)

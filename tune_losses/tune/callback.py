@@ -70,6 +70,9 @@ class TrialLogger(tune.Callback):
             tracker.reopen(state["parent_id"])
         self.tracker, self.max_epochs, self.verbose = tracker, state["max_epochs"], state["verbose"]
         self.metric = state.get("metric", CURVE_METRIC)  # a search started before it was kept
+        self.adopted = True
+
+    adopted = False  # children adopted from an earlier run, not yet checked against Ray's
 
     def _say(self, text: str) -> None:
         if self.verbose:
@@ -78,6 +81,12 @@ class TrialLogger(tune.Callback):
     def on_trial_start(
         self, iteration: int, trials: Sequence[Any], trial: Any, **info: Any
     ) -> None:
+        if self.adopted:  # the first start after --resume: Ray's trials are all known now
+            self.adopted = False
+            known = {t.trial_id for t in trials}
+            gone = self.tracker.retire([t for t in self.tracker.children if t not in known])
+            if gone:
+                self._say(f"{len(gone)} trial run(s) Ray did not save deleted; rerun as new")
         values = trial_values(trial.config)
         restarted = trial.trial_id in self.tracker.children  # resumed, retried or PBT-cloned
         name = (

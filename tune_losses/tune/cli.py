@@ -140,6 +140,19 @@ class _Search:
         return not run_state.is_uri(self.storage)
 
 
+# --flag -> (argparse attribute, key of the saved state): the settings a search saves and
+# --resume restores (omitted) or checks (repeated)
+RESUMED_FLAGS = {
+    "--num-samples": ("num_samples", "num_samples"),
+    "--seed": ("seed", "seed"),
+    "--scheduler": ("scheduler", "scheduler"),
+    "--cpus-per-trial": ("cpus_per_trial", "cpus_per_trial"),
+    "--gpus-per-trial": ("gpus_per_trial", "gpus_per_trial"),
+    "--tracking-uri": ("tracking_uri", "tracking_uri"),
+    "--experiment": ("experiment", "experiment"),
+}
+
+
 def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
     """The run folder and state: a new search's, or the saved one for ``--resume``."""
     storage = run_state.storage_root(args.storage)
@@ -149,7 +162,7 @@ def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
             file=sys.stderr,
         )
     if args.resume:
-        return _resumed(args, storage)
+        return resume_settings(args)
     exp = space.experiment
     name = run_state.new_name(args.space)
     state = {
@@ -159,40 +172,52 @@ def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
         "space_sha256": run_state.space_hash(args.space),
         "overrides": list(args.overrides),
         "num_samples": exp.search.num_samples,
+        "seed": exp.search.seed,
+        "scheduler": exp.search.scheduler,
+        "cpus_per_trial": exp.search.cpus_per_trial,
+        "gpus_per_trial": exp.search.gpus_per_trial,
         "total": space.num_trials,
         "max_epochs": space.max_epochs,
         "command": reproduce_command(args),
     }
+    if not run_state.is_uri(storage) and exp.search.optuna_storage is None:
+        state["study"] = run_state.STUDY_FILE  # checked on --resume
     return _Search(name, storage, run_state.join(storage, name), state)
 
 
-def _resumed(args: argparse.Namespace, storage: str) -> _Search:
-    """The saved search ``--resume`` names, refused (one line) where the command
-    contradicts it: another space file, other ``--set``, ``--num-samples``, store."""
+def resume_settings(args: argparse.Namespace) -> _Search:
+    """The saved search ``--resume`` names, its settings put into ``args`` where the command
+    omits them (``--set``, ``--seed``, ``--scheduler``, ...), so the space loads as it did;
+    refused in one line where the command contradicts it (another space file, other
+    ``--set``, another flag value) or where it cannot go on (Ray's state or the study gone)."""
+    storage = run_state.storage_root(args.storage)
     run_dir = run_state.resume_dir(storage, args.space, args.resume)
     state = run_state.read_state(run_dir)
-    flags = {
-        "--num-samples": ("num_samples", args.num_samples),
-        "--tracking-uri": ("tracking_uri", args.tracking_uri),
-        "--experiment": ("experiment", args.experiment),
-    }
+    flags = {flag: (key, getattr(args, attr)) for flag, (attr, key) in RESUMED_FLAGS.items()}
     name = run_dir.rstrip("/").rsplit("/", 1)[-1]
     run_state.check_resume(
         state, name, space_file=args.space, overrides=args.overrides, flags=flags
     )
+    run_state.check_resumable(run_dir, name)
+    if not args.overrides:
+        args.overrides = list(state.get("overrides", []))
+    for attr, key in RESUMED_FLAGS.values():
+        if getattr(args, attr) is None and state.get(key) is not None:
+            setattr(args, attr, state[key])
     return _Search(name, storage, run_dir, state)
 
 
-def reproduce_command(args: argparse.Namespace) -> str:
-    """The command line that runs this search again (same space, flags and overrides)."""
+def _command_parts(args: argparse.Namespace, storage: str | None) -> list[str]:
+    """``python -m tune_losses.search`` with the space, every flag given and each ``--set``."""
     parts = ["python", "-m", "tune_losses.search", "--space", str(args.space)]
     flags = {
         "--num-samples": args.num_samples,
         "--seed": args.seed,
+        "--scheduler": args.scheduler,
         "--cpus-per-trial": args.cpus_per_trial,
         "--gpus-per-trial": args.gpus_per_trial,
         "--address": args.address,
-        "--storage": args.storage,
+        "--storage": storage,
         "--tracking-uri": args.tracking_uri,
         "--experiment": args.experiment,
     }
@@ -201,7 +226,17 @@ def reproduce_command(args: argparse.Namespace) -> str:
             parts += [flag, str(value)]
     for override in args.overrides:
         parts += ["--set", override]
-    return shlex.join(parts)
+    return parts
+
+
+def reproduce_command(args: argparse.Namespace) -> str:
+    """The command line that runs this search again (same space, flags and overrides)."""
+    return shlex.join(_command_parts(args, args.storage))
+
+
+def resume_command(args: argparse.Namespace, search: _Search) -> str:
+    """The command line that resumes this search, naming every setting it runs with."""
+    return shlex.join([*_command_parts(args, search.storage), "--resume", search.name])
 
 
 def _connect(search: _Search) -> Any:
@@ -211,6 +246,13 @@ def _connect(search: _Search) -> Any:
     from tune_losses.tracking import SearchTracker
 
     uri = search.state["tracking_uri"]
+    if "parent_run_id" in search.state and uri.startswith("sqlite:///"):
+        store = Path(uri.removeprefix("sqlite:///"))
+        if not store.is_file():
+            raise ConfigError(
+                f"--resume {search.name}: its MLflow store {uri} is gone (deleted or moved?); "
+                "put it back, or start a new search"
+            )
     try:
         return SearchTracker(uri, search.state["experiment"])
     except MlflowException as exc:
@@ -222,7 +264,16 @@ def _open_parent(
 ) -> None:
     """Open the parent run (and save the state for --resume), or reopen it on --resume."""
     if args.resume:
-        tracker.reopen(search.state["parent_run_id"])
+        from mlflow.exceptions import MlflowException
+
+        parent = search.state["parent_run_id"]
+        try:
+            tracker.reopen(parent)
+        except MlflowException:
+            raise ConfigError(
+                f"--resume {search.name}: its parent run {parent} is not in the MLflow store "
+                f"{search.state['tracking_uri']} (deleted?); start a new search"
+            ) from None
         return
     exp = space.experiment
     params = {"space_file": str(args.space), "ray_name": search.name, "storage": search.storage}
@@ -369,13 +420,29 @@ def _tell_story(search: _Search, tracker: Any, trials: list[Any]) -> Path | None
     return out if search.local else None
 
 
-def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
-    """Run (or resume) the search; returns the process exit code."""
-    search = _locate(args, space)
+def run_search(args: argparse.Namespace, space: SearchSpace, search: _Search | None = None) -> int:
+    """Run (or resume) the search; returns the process exit code. ``search``: the saved
+    search that :func:`resume_settings` found, for ``--resume``."""
+    search = search or _locate(args, space)
     tracker = _connect(search)
     try:
         _open_parent(args, space, search, tracker)
+    except ConfigError:
+        raise  # a resume that cannot go on: nothing was changed
+    except BaseException:
+        tracker.abort("FAILED")
+        raise
+    try:
         results = _fit(args, space, search, tracker)
+        if tracker.open_children() or len(results) < search.state["total"]:
+            tracker.abort("KILLED")
+            print(
+                f"search interrupted; continue it with: {resume_command(args, search)}",
+                file=sys.stderr,
+            )
+            return 130
+        print(f"search {search.name}: every trial ended; writing the summary", flush=True)
+        code = _summarize(search, tracker, results, space.experiment.search.scheduler)
     except KeyboardInterrupt:
         tracker.abort("KILLED")
         raise
@@ -385,15 +452,6 @@ def run_search(args: argparse.Namespace, space: SearchSpace) -> int:
     except BaseException:
         tracker.abort("FAILED")
         raise
-    if tracker.open_children() or len(results) < search.state["total"]:
-        tracker.abort("KILLED")
-        print(
-            f"search interrupted; continue it with: python -m tune_losses.search "
-            f"--space {args.space} --storage {search.storage} --resume {search.name}",
-            file=sys.stderr,
-        )
-        return 130
-    code = _summarize(search, tracker, results, space.experiment.search.scheduler)
     if code != 0:
         _say_first_failure(tracker)
     return code
@@ -414,6 +472,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.address:  # Ray 2.60 clusters use token auth; set before anything imports ray
         os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
+        resumed = resume_settings(args) if args.resume and not args.dry_run else None
         space = load_space(args)
         preflight(space.variants, space.source)
         if not args.address:  # local Ray sees the GPUs torch sees: refuse before any run
@@ -421,7 +480,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             dry_run(space)
             return 0
-        return run_search(args, space)
+        return run_search(args, space, resumed)
     except (ConfigError, DataError, ValueError) as exc:
         print(f"error: {exc}".splitlines()[0], file=sys.stderr)
         return 2

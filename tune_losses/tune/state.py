@@ -127,8 +127,10 @@ def check_resume(
     flags: dict[str, Any],
 ) -> None:
     """Refuse a ``--resume`` whose command contradicts the saved search: another space
-    file content, other ``--set`` values, or a flag (``--num-samples``, ``--tracking-uri``,
-    ``--experiment``) other than the saved value. Omitted ones take the saved values."""
+    file content, other ``--set`` values, or a flag (``--num-samples``, ``--seed``,
+    ``--scheduler``, ``--cpus-per-trial``, ``--gpus-per-trial``, ``--tracking-uri``,
+    ``--experiment``: ``flags`` maps each to its state key and the given value) other than
+    the saved value. Omitted ones take the saved values."""
     where = f"--resume {name}"
     saved_hash = state.get("space_sha256")
     if saved_hash is not None and saved_hash != space_hash(space_file):
@@ -144,4 +146,25 @@ def check_resume(
         )
     for flag, (key, value) in flags.items():
         if value is not None and key in state and value != state[key]:
-            raise ConfigError(f"{where}: {flag} {value} contradicts the saved {state[key]}")
+            raise ConfigError(
+                f"{where}: {flag} {value} contradicts the saved {state[key]}; resume without {flag}"
+            )
+
+
+def check_resumable(run_dir: str, name: str) -> None:
+    """Refuse a ``--resume`` that cannot go on: Ray's experiment state is missing from the
+    run folder, or its local Optuna study (``optuna.db``, when the search had one) is gone."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, path = _fs(run_dir)
+    files = {i.base_name for i in fs.get_file_info(FileSelector(path)) if i.type == FileType.File}
+    if not any(f.startswith("experiment_state-") and f.endswith(".json") for f in files):
+        raise ConfigError(
+            f"--resume {name}: Ray's experiment state (experiment_state-*.json) is missing "
+            f"from {run_dir}; the search cannot go on, start a new one"
+        )
+    if read_state(run_dir).get("study") == STUDY_FILE and STUDY_FILE not in files:
+        raise ConfigError(
+            f"--resume {name}: its Optuna study {join(run_dir, STUDY_FILE)} is gone; put it "
+            "back, or start a new search"
+        )

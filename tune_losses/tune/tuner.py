@@ -42,10 +42,11 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
 def make_scheduler(search: SearchConfig, max_epochs: int) -> TrialScheduler:
     """ASHA on ``search.metric`` (one rung per ``reduction_factor``; schedule-aware unless
     ``search.schedule_aware`` is false), or plain FIFO (PBT and PB2:
-    :func:`tune_losses.tune.pbt.make_pbt`)."""
+    :func:`tune_losses.tune.pbt.make_pbt`); either ends a trial that a resumed search
+    reruns where its Optuna trial ended (:class:`ReplayAware`)."""
     if search.scheduler != "asha":
-        return FIFOScheduler()
-    return ScheduleAwareASHA(
+        return ReplayFIFO()
+    return ReplayASHA(
         schedule_aware=search.schedule_aware,
         time_attr="training_iteration",
         metric=search.metric,
@@ -54,6 +55,61 @@ def make_scheduler(search: SearchConfig, max_epochs: int) -> TrialScheduler:
         grace_period=min(search.grace_period, max_epochs),
         reduction_factor=search.reduction_factor,
     )
+
+
+class ReplayAware:
+    """Scheduler mixin: a trial whose Optuna trial is already finished (told COMPLETE or
+    PRUNED before the driver was killed, but Ray's older snapshot still had it running)
+    ends where Optuna says it ended, whatever the restored scheduler would decide.
+
+    The rerun starts from an earlier checkpoint and reproduces the same epochs (resume is
+    exact); it goes on until the last step Optuna holds for it, then stops, so a trial
+    ASHA pruned is not run on, nor one that completed pruned at another rung."""
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        """The wrapped scheduler's decision, except for a trial Optuna has finished."""
+        decision = super().on_trial_result(tune_controller, trial, result)  # type: ignore[misc]
+        searcher = _telling_searcher(getattr(tune_controller, "search_alg", None))
+        end = searcher.finished_at(trial.trial_id) if searcher is not None else None
+        if end is None:
+            return decision
+        step = int(result.get("training_iteration", 0))
+        return TrialScheduler.STOP if step >= end else TrialScheduler.CONTINUE
+
+    def choose_trial_to_run(self, tune_controller: Any) -> Any:
+        """The wrapped scheduler's choice, after ending (not running) each restored trial
+        that had already reached where its Optuna trial ended: run again, it would train
+        one epoch more than Optuna and MLflow hold."""
+        searcher = _telling_searcher(getattr(tune_controller, "search_alg", None))
+        checked = self.__dict__.setdefault("_replay_checked", set())
+        for trial in tune_controller.get_trials() if searcher is not None else ():
+            if trial.status != "PENDING" or trial.trial_id in checked:
+                continue
+            checked.add(trial.trial_id)
+            end = searcher.finished_at(trial.trial_id)
+            step = int((trial.last_result or {}).get("training_iteration", 0))
+            if end is not None and step >= end:
+                tune_controller.stop_trial(trial)
+        return super().choose_trial_to_run(tune_controller)  # type: ignore[misc]
+
+
+class ReplayASHA(ReplayAware, ScheduleAwareASHA):
+    """:class:`~tune_losses.tune.rungs.ScheduleAwareASHA` that ends a rerun trial where
+    Optuna ended it."""
+
+
+class ReplayFIFO(ReplayAware, FIFOScheduler):
+    """:class:`FIFOScheduler` that ends a rerun trial where Optuna ended it."""
+
+
+def _telling_searcher(search_alg: Any) -> TellingOptunaSearch | None:
+    """The :class:`TellingOptunaSearch` inside Ray's wrappers (``SearchGenerator`` ->
+    ``ConcurrencyLimiter`` -> searcher), or None."""
+    for _ in range(4):
+        if search_alg is None or isinstance(search_alg, TellingOptunaSearch):
+            return search_alg
+        search_alg = getattr(search_alg, "searcher", None)
+    return None
 
 
 class TellingOptunaSearch(OptunaSearch):
@@ -65,11 +121,58 @@ class TellingOptunaSearch(OptunaSearch):
     stopping is PRUNED (Optuna then takes its last intermediate value and ranks it below
     complete trials, as for its own pruners), an errored trial is FAIL, and a completed or
     early-stopped trial is COMPLETE.
+
+    Resume-safe: Ray snapshots the searcher every ~10 s while the study is stored at once,
+    so a resumed search may rerun a trial Optuna has already finished (its reports and end
+    are then ignored: nothing is told twice), and the study may hold trials the restored
+    searcher never saw (started after the snapshot): each new Ray trial takes one of those
+    first, replaying its stored point (a grid point keeps its grid id), instead of asking
+    for a new one, so the study holds one trial per Ray trial.
     """
+
+    def suggest(self, trial_id: str) -> dict | None:
+        """Ray's suggestion, from an Optuna trial no Ray trial holds if there is one."""
+        if callable(self._space) and trial_id not in self._ot_trials:
+            orphan = self._orphan()
+            if orphan is not None:
+                self._ot_trials[trial_id] = optuna.Trial(self._ot_study, orphan)
+        return super().suggest(trial_id)
+
+    def _orphan(self) -> int | None:
+        """The storage id of the first study trial no Ray trial holds (None if none)."""
+        held = {t._trial_id for t in self._ot_trials.values()}
+        trials = self._ot_study.get_trials(deepcopy=False)
+        return next((t._trial_id for t in trials if t._trial_id not in held), None)
+
+    def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
+        """The stored Optuna trial of a Ray trial once it is finished (None before)."""
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return None
+        frozen = self._ot_study._storage.get_trial(ot_trial._trial_id)
+        return frozen if frozen.state.is_finished() else None
+
+    def finished_at(self, trial_id: str) -> int | None:
+        """The last step of a Ray trial whose Optuna trial is COMPLETE or PRUNED (where a
+        rerun must stop); None while it runs, for a failed one, or without steps."""
+        frozen = self._stored(trial_id)
+        if frozen is None or frozen.state.name == "FAIL" or not frozen.intermediate_values:
+            return None
+        return max(frozen.intermediate_values)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Report the epoch, unless the Optuna trial is already finished (a rerun)."""
+        if trial_id in self._completed_trials or self._stored(trial_id) is not None:
+            return None
+        return super().on_trial_result(trial_id, result)
 
     def on_trial_complete(
         self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
+        """Tell Optuna how the trial ended (nothing if it was told before a resume)."""
+        if trial_id not in self._completed_trials and self._stored(trial_id) is not None:
+            self._completed_trials.add(trial_id)
+            return None
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return super().on_trial_complete(trial_id, result, error)
         state = trial_state(result, error)
@@ -202,5 +305,32 @@ def _run_config(
 
 
 def restore_tuner(run_dir: str, trainable: Callable[..., Any]) -> tune.Tuner:
-    """The Tuner of an interrupted search, unfinished and errored trials continued."""
-    return tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=True)
+    """The Tuner of an interrupted search, its unfinished trials continued.
+
+    Errored trials stay errored (FAIL in Optuna, FAILED in MLflow, ERROR in Ray): they had
+    their retry (``FailureConfig(max_failures=1)``), and a rerun would finish in MLflow and
+    Ray while Optuna, which cannot change a finished trial, keeps it FAIL."""
+    _tolerate_gone_checkpoints()
+    return tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=False)
+
+
+def _tolerate_gone_checkpoints() -> None:
+    """Let Ray's checkpoint manager delete a checkpoint that is already gone.
+
+    Ray's snapshot of a trial lists its kept checkpoints as they were up to ~10 s before
+    the driver was killed; the killed run may have deleted some since (``num_to_keep``).
+    Ray forces a snapshot every ``num_to_keep`` checkpoints, so the one a trial restores
+    from is always there, but deleting an older, already deleted one raises
+    FileNotFoundError in Ray 2.60 and fails the trial: here that deletion is a no-op."""
+    from ray.train._internal import checkpoint_manager
+
+    delete = checkpoint_manager._delete_fs_path
+    if getattr(delete, "tolerates_gone", False):
+        return
+
+    def tolerant(fs: Any, fs_path: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            delete(fs=fs, fs_path=fs_path)
+
+    tolerant.tolerates_gone = True  # type: ignore[attr-defined]
+    checkpoint_manager._delete_fs_path = tolerant

@@ -1,0 +1,165 @@
+"""``--resume`` after a SIGKILL of the driver at the worst moments: right after a trial's
+end was logged (Optuna already told, Ray's last snapshot older), right after a trial
+started (an Optuna trial Ray never saved), during the summary. Afterwards the Optuna
+study, Ray's experiment state and MLflow agree, trial for trial."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import optuna
+import pytest
+
+from conftest import (
+    assert_one_value_per_step,
+    run_cli,
+    runs_of,
+    sigkill_after,
+    start_search,
+    write_space,
+)
+
+ENDED = " ended ("  # "<trial> ended (<reason>): ..." (tune/callback.py)
+DICE = "loss.decode.dice.weight"
+GRID = [0.0, 0.25, 0.5, 0.75]
+
+
+def dice_of(params: dict) -> float:
+    """The dice weight of a trial's params: Optuna's ``DICE`` (``DICE.grid`` for a grid,
+    its option's text) or MLflow's resolved ``DICE``."""
+    return float(next(v for k, v in params.items() if k.startswith(DICE)))
+
+
+@dataclass
+class Resumed:
+    """A search SIGKILLed (and resumed) several times, then resumed to its end."""
+
+    uri: str
+    run_dir: Path
+    killed: list[str]  # what each killed driver printed
+    done: subprocess.CompletedProcess[str]  # the last --resume
+
+    def study(self) -> optuna.Study:
+        storage = f"sqlite:///{self.run_dir / 'optuna.db'}"
+        return optuna.load_study(study_name=self.run_dir.name, storage=storage)
+
+    def ray_trials(self) -> dict[str, str]:
+        """Ray's trials (id -> status) in its newest experiment state."""
+        newest = max(self.run_dir.glob("experiment_state-*.json"))
+        data = json.loads(newest.read_text())
+        states = [json.loads(state) for state, _ in data["trial_data"]]
+        return {s["trial_id"]: s["status"] for s in states}
+
+
+def _killed_and_resumed(root: Path, space: Path, markers: list[str]) -> Resumed:
+    """Run the search, SIGKILL its driver (process group) once each of ``markers`` is
+    printed, ``--resume``-ing in between, then resume it to the end."""
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    args += ["--storage", str(root / "ray")]
+    killed = []
+    for i, marker in enumerate(markers):
+        resume = ["--resume"] if i else []
+        killed.append(sigkill_after(start_search(root, *args, *resume), marker))
+    done = run_cli(root, *args, "--resume")
+    (run_dir,) = (root / "ray").iterdir()
+    return Resumed(uri, run_dir, killed, done)
+
+
+@pytest.fixture(scope="module")
+def killed_at_ends(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
+    """4 trials, TPE + ASHA, 4 epochs: killed right after a trial's end was logged, resumed,
+    killed again right after the next end, then resumed to the end."""
+    root = tmp_path_factory.mktemp("killed_at_ends")
+    search = {"num_samples": 4, "max_concurrent": 2, "grace_period": 1, "reduction_factor": 2}
+    space = write_space(root / "space.yaml", search=search)
+    return _killed_and_resumed(root, space, [ENDED, ENDED])
+
+
+@pytest.fixture(scope="module")
+def grid_killed_at_start(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
+    """A 4-point grid (FIFO, 3 epochs): killed right after the third trial started (after
+    Ray's last snapshot: its Optuna trial is one Ray does not know; "<trial> (t03 ...)
+    started"), resumed and killed as the summary starts, then resumed to the end."""
+    root = tmp_path_factory.mktemp("grid_killed")
+    loss = {
+        "decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"grid": GRID}}},
+        "aux": {"ce": {"weight": 0.4}},
+    }
+    search = {"max_concurrent": 2, "scheduler": "fifo"}
+    space = write_space(
+        root / "space.yaml", loss=loss, search=search, train={"epochs": 3, "lr": 0.005}
+    )
+    return _killed_and_resumed(root, space, ["(t03", "writing the summary"])
+
+
+def _assert_all_agree(resumed: Resumed, n: int) -> None:
+    """Optuna trials = Ray trials = MLflow children (``n``), all finished, one value per
+    step, and each child's end as its Optuna trial's (state, last step)."""
+    done = resumed.done
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "Traceback" not in done.stderr, done.stderr[-3000:]
+    trials = resumed.study().get_trials(deepcopy=False)
+    assert len(trials) == n, [(t.number, t.state) for t in trials]
+    assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED"}
+    ray = resumed.ray_trials()
+    assert len(ray) == n and set(ray.values()) == {"TERMINATED"}, ray
+    client, parents, children = runs_of(resumed.uri)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert len(children) == n
+    assert {c.data.tags["ray.trial_id"] for c in children} == set(ray)
+    assert sorted(c.info.run_name.split()[0] for c in children) == [
+        f"t{i:02d}" for i in range(1, n + 1)
+    ]
+    by_value = {dice_of(c.data.params): c for c in children}
+    assert len(by_value) == n
+    for trial in trials:
+        child = by_value[dice_of(trial.params)]
+        assert child.info.status == "FINISHED"
+        assert_one_value_per_step(client, child)
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
+        assert steps == list(range(1, max(trial.intermediate_values) + 1)), steps
+        pruned = child.data.tags["stop_reason"] == "asha"
+        assert pruned == (trial.state.name == "PRUNED"), (trial.number, child.data.tags)
+    for parent_metric in parents[0].data.metrics:
+        history = client.get_metric_history(parents[0].info.run_id, parent_metric)
+        assert len(history) == 1, (parent_metric, history)
+
+
+@pytest.mark.slow
+def test_killed_right_after_trial_ends_resumes_to_one_trial_each(
+    killed_at_ends: Resumed,
+) -> None:
+    for out in killed_at_ends.killed:
+        assert ENDED in out, out[-3000:]
+    assert "UpdateFinishedTrialError" not in killed_at_ends.done.stdout
+    _assert_all_agree(killed_at_ends, 4)
+
+
+@pytest.mark.slow
+def test_killed_right_after_a_trial_starts_resumes_to_one_trial_each(
+    grid_killed_at_start: Resumed,
+) -> None:
+    assert "(t03" in grid_killed_at_start.killed[0]
+    _assert_all_agree(grid_killed_at_start, 4)
+
+
+@pytest.mark.slow
+def test_killed_grid_search_trains_each_point_once(grid_killed_at_start: Resumed) -> None:
+    trials = grid_killed_at_start.study().get_trials(deepcopy=False)
+    assert sorted(t.system_attrs["grid_id"] for t in trials) == [0, 1, 2, 3]
+    assert sorted(dice_of(t.params) for t in trials) == GRID
+    _, _, children = runs_of(grid_killed_at_start.uri)
+    assert sorted(dice_of(c.data.params) for c in children) == GRID
+
+
+@pytest.mark.slow
+def test_killed_during_the_summary_resumes_to_a_finished_parent(
+    grid_killed_at_start: Resumed,
+) -> None:
+    assert "writing the summary" in grid_killed_at_start.killed[1]
+    assert "best config:" in grid_killed_at_start.done.stdout
+    assert (grid_killed_at_start.run_dir / "best_config.yaml").is_file()

@@ -1,10 +1,12 @@
 """Docs that run: every ``python -m tune_losses...`` command that the README's code blocks and
 the comments of the space and config files show, run in a scratch copy of the repository
 (searches as dry runs, trainings for one epoch on a few images, the report on a store written
-by the tracking writers), so the docs cannot drift from the code."""
+by the tracking writers, evaluations on two images of a run trained so), so the docs cannot
+drift from the code."""
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
 from pathlib import Path
@@ -13,7 +15,7 @@ import pytest
 import yaml
 from test_data import real_data
 
-from tune_losses import report, search, train
+from tune_losses import evaluate, report, search, train
 from tune_losses.tiny import tiny_experiment
 from tune_losses.tracking import SearchTracker
 
@@ -59,7 +61,8 @@ def _param(where: str, command: str) -> pytest.ParameterSet:
 
 def test_the_docs_show_commands_of_every_kind() -> None:
     kinds = {c.split()[2] for _, c in DOCUMENTED}
-    assert kinds == {"tune_losses.search", "tune_losses.report", "tune_losses.train"}, DOCUMENTED
+    kinds_shown = {"search", "report", "train", "evaluate"}
+    assert kinds == {f"tune_losses.{k}" for k in kinds_shown}, DOCUMENTED
     assert any(where.startswith("search_spaces/") for where, _ in DOCUMENTED)
 
 
@@ -96,6 +99,30 @@ def write_store(here: Path) -> None:
     tracker.finish("trial\n", None, {"best_val_mIoU": 20.8})
 
 
+def write_scored_folders(here: Path, args: list[str]) -> None:
+    """What an evaluate command scores: the ``--run`` folder, trained for one epoch on a few
+    images (from ``configs/camvid_unet.yaml`` when it names CamVid, as the README's train
+    command does, else the tiny experiment) with ``--mlflow``; for ``--search``, a trial
+    folder beside the scratch ``best_config.yaml``, its checkpoint trained the same way."""
+    store = ["--set", f"tracking.uri=sqlite:///{here / 'mlruns.db'}", "--mlflow"]
+    tiny = [f"--set={s}" for s in TINY_TRAIN]
+    if "--run" in args:
+        run = Path(args[args.index("--run") + 1])
+        config = here / "configs" / "camvid_unet.yaml"
+        if "camvid" not in run.name:
+            config = here / "tiny.yaml"
+            config.write_text(yaml.safe_dump(tiny_experiment()))
+        assert train.main(["--config", str(config), "--out", str(run), *tiny, *store]) == 0
+    else:
+        search = Path(args[args.index("--search") + 1])
+        best = search / "best_config.yaml"
+        trial = search / "train_trial_0001"
+        checkpoint = trial / "checkpoint_000000"
+        assert train.main(["--config", str(best), "--out", str(checkpoint), *tiny]) == 0
+        experiment = yaml.safe_load(best.read_text())
+        (trial / "params.json").write_text(json.dumps({"experiment": experiment}))
+
+
 @pytest.mark.parametrize("command", [_param(*c) for c in DOCUMENTED])
 def test_documented_command_runs(repo: Path, command: str, capsys) -> None:
     if "camvid" in command:
@@ -106,6 +133,9 @@ def test_documented_command_runs(repo: Path, command: str, capsys) -> None:
         rc = search.main([*args, *(["--dry-run"] * ("--dry-run" not in args))])
     elif module == "tune_losses.train":
         rc = train.main([*args, *(f"--set={s}" for s in TINY_TRAIN)])
+    elif module == "tune_losses.evaluate":
+        write_scored_folders(repo, args)
+        rc = evaluate.main([*args, "--limit", "2"])
     else:
         write_store(repo)
         # a team's server (https://...) is not reachable from a test: read the scratch store

@@ -11,7 +11,7 @@ import pytest
 @pytest.mark.parametrize(
     "modules",
     [
-        "tune_losses.train, tune_losses.tracking, tune_losses.report",
+        "tune_losses.train, tune_losses.tracking, tune_losses.report, tune_losses.evaluate",
         "tune_losses.search",
         "tune_losses.engine, tune_losses.space, tune_losses.losses",
     ],

@@ -117,11 +117,42 @@ def test_absent_classes_excluded_and_reported() -> None:
     assert r["mean_acc"] == pytest.approx((100 + 100 + 50) / 3)
 
 
+def test_precision_and_recall_by_hand(hand_case) -> None:
+    # the hand case's matrix, rows = true, columns = predicted: [[1,1,0],[0,2,0],[1,0,1]]
+    # precision = TP / (TP + FP), the TP over the pixels predicted as the class:
+    #   c0: predicted at (0,0) right and (2,0) wrong -> 1/2; c1: (0,1) wrong, two right -> 2/3;
+    #   c2: predicted once, right -> 1/1
+    # recall = TP / (TP + FN), the TP over the pixels labelled as the class:
+    #   c0: labelled twice, once found -> 1/2; c1: 2/2; c2: labelled twice, once found -> 1/2
+    preds, target = hand_case
+    m = SegmentationMetrics(3, boundary=False)
+    m.update(preds, target)
+    r = m.compute()
+    assert r["precision_per_class"] == pytest.approx([50, 200 / 3, 100])
+    assert r["recall_per_class"] == pytest.approx([50, 100, 50])
+
+
+def test_precision_of_a_class_never_predicted_is_nan() -> None:
+    # 4 classes; class 1 is labelled but never predicted, class 3 is predicted, never labelled
+    target = torch.tensor([[[0, 1, 1, 2]]])
+    preds = torch.tensor([[[0, 0, 3, 2]]])
+    m = SegmentationMetrics(4, boundary=False)
+    m.update(preds, target)
+    r = m.compute()
+    precision, recall = r["precision_per_class"], r["recall_per_class"]
+    assert math.isnan(precision[1]) and recall[1] == 0.0  # never predicted: 0/0; found 0/2
+    assert precision[3] == 0.0 and math.isnan(recall[3])  # predicted once, wrongly; never labelled
+    assert precision[0] == pytest.approx(50) and recall[0] == pytest.approx(100)
+    assert precision[2] == pytest.approx(100) and recall[2] == pytest.approx(100)
+
+
 def test_agrees_with_torchmetrics(random_batch) -> None:
     from torchmetrics.classification import (
         MulticlassAccuracy,
         MulticlassConfusionMatrix,
         MulticlassJaccardIndex,
+        MulticlassPrecision,
+        MulticlassRecall,
     )
 
     logits, target = random_batch
@@ -143,6 +174,15 @@ def test_agrees_with_torchmetrics(random_batch) -> None:
     assert r["mean_acc"] == pytest.approx(float(macc) * 100, abs=1e-4)
     pacc = MulticlassAccuracy(**kw, average="micro")(preds, target)
     assert r["pixel_acc"] == pytest.approx(float(pacc) * 100, abs=1e-4)
+    precision = MulticlassPrecision(**kw, average=None)(preds, target) * 100
+    recall = MulticlassRecall(**kw, average=None)(preds, target) * 100
+    assert r["recall_per_class"] == pytest.approx(recall.tolist(), abs=1e-4)
+    # class 3 is never predicted: undefined here (nan), 0 in torchmetrics (zero_division=0)
+    assert math.isnan(r["precision_per_class"][3])
+    kept = [0, 1, 2, 4]
+    assert [r["precision_per_class"][i] for i in kept] == pytest.approx(
+        precision[kept].tolist(), abs=1e-4
+    )
 
 
 def test_torchmetrics_also_drops_classes_absent_everywhere(random_batch) -> None:

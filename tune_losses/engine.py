@@ -293,11 +293,14 @@ class Trainer:
         return {k: v / max(n, 1) for k, v in sums.items()}
 
     @torch.no_grad()
-    def evaluate(self) -> tuple[dict[str, float], SegmentationMetrics]:
-        """Metrics of the decode head on the validation loader (mIoU etc. in %)."""
+    def evaluate(
+        self, loader: torch.utils.data.DataLoader | None = None
+    ) -> tuple[dict[str, float], SegmentationMetrics]:
+        """Metrics of the decode head on the validation loader, or on ``loader`` (another
+        split, :func:`~tune_losses.data.build_split_loader`), in %, keys ``val/...``."""
         self.model.eval()
         metrics = SegmentationMetrics(self.info.num_classes, self.info.ignore_index)
-        for images, masks in self.val_loader:
+        for images, masks in self.val_loader if loader is None else loader:
             images, masks = self._to_device(images, masks)
             with self._autocast():
                 logits = self.model(images)["decode"]

@@ -1,7 +1,8 @@
 """Semantic-segmentation metrics accumulated on the device of the inputs.
 
 One confusion matrix (rows = true class, columns = predicted class) gives mIoU,
-per-class IoU, mDice, pixel accuracy and mean class accuracy; Boundary IoU
+per-class IoU, mDice, pixel accuracy, mean class accuracy and per-class precision and
+recall; Boundary IoU
 (Cheng et al., CVPR 2021) and the boundary F1 / BF score (Csurka et al., BMVC
 2013) are accumulated beside it, per class, over the whole dataset.
 
@@ -295,8 +296,13 @@ class SegmentationMetrics:
         Returns:
             ``mIoU``, ``mDice``, ``pixel_acc``, ``mean_acc`` and, when ``boundary``,
             ``boundary_IoU`` and ``boundary_F1`` (floats, percent);
-            ``iou_per_class``, ``dice_per_class``, ``acc_per_class`` (lists of
-            ``C`` floats, percent); ``excluded_classes`` (class ids absent from
+            ``iou_per_class``, ``dice_per_class``, ``acc_per_class``,
+            ``precision_per_class`` (TP / (TP + FP): of the pixels predicted as the
+            class, the share labelled so; ``nan`` for a class never predicted) and
+            ``recall_per_class`` (TP / (TP + FN): of the pixels labelled as the class,
+            the share predicted so; ``nan`` for a class never labelled; the same
+            numbers as ``acc_per_class``) (lists of ``C`` floats, percent);
+            ``excluded_classes`` (class ids absent from
             both labels and predictions: ``nan`` in the per-class lists and left
             out of every mean). A class that is predicted but never labelled has
             IoU and Dice 0 (counted in the means) and accuracy ``nan`` (its
@@ -311,6 +317,8 @@ class SegmentationMetrics:
         iou = torch.where(present, tp / (label_count + pred_count - tp), nan) * 100
         dice = torch.where(present, 2 * tp / (label_count + pred_count), nan) * 100
         acc = torch.where(label_count > 0, tp / label_count, nan) * 100
+        # precision = TP / (TP + FP), recall = TP / (TP + FN) (column and row sums)
+        class_precision = torch.where(pred_count > 0, tp / pred_count, nan) * 100
         total = cm.sum()
         pixel_acc = (tp.sum() / total * 100) if total > 0 else torch.tensor(float("nan"))
         result: dict[str, Any] = {
@@ -331,5 +339,7 @@ class SegmentationMetrics:
         result["iou_per_class"] = iou.tolist()
         result["dice_per_class"] = dice.tolist()
         result["acc_per_class"] = acc.tolist()
+        result["precision_per_class"] = class_precision.tolist()
+        result["recall_per_class"] = acc.tolist()
         result["excluded_classes"] = torch.nonzero(~present).flatten().tolist()
         return result

@@ -55,10 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     run = None
     if args.mlflow:
-        from tune_losses.tracking import RunLogger
+        from tune_losses.tracking import RUN_FILE, RunLogger
 
         params = flatten(exp.model_dump(mode="json", exclude={"search", "tracking"}))
         run = RunLogger(exp.tracking.uri, exp.tracking.experiment, f"train-{out.name}", params)
+        # where the run went, so that ``tune_losses.evaluate --mlflow`` can add to it
+        (out / RUN_FILE).write_text(json.dumps({"tracking_uri": run.uri, "run_id": run.run_id}))
     history = []
     status = "FAILED"
     try:

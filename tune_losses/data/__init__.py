@@ -11,6 +11,7 @@ from tune_losses.data.dataset import (
     SegmentationDataset,
     build_datasets,
     build_loaders,
+    build_split_loader,
 )
 from tune_losses.data.validate import DataError
 
@@ -20,4 +21,5 @@ __all__ = [
     "SegmentationDataset",
     "build_datasets",
     "build_loaders",
+    "build_split_loader",
 ]

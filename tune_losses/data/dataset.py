@@ -35,6 +35,7 @@ from tune_losses.data.transforms import (
     to_tensors,
     train_crop_size,
 )
+from tune_losses.data.validate import DataError
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,22 @@ def _synthetic_split(cfg: DataConfig, split: str, count: int, limit: int | None)
     return SplitData(ArraySource(images, masks, names), SplitSummary(counts, [(s.size, s.size)]))
 
 
+def _load_split(cfg: DataConfig, split: str, limit: int | None) -> SplitData:
+    """Any one split of ``cfg``'s data, validated: its first ``limit`` samples, or all."""
+    if cfg.format == "synthetic":
+        sizes = {"train": cfg.synthetic.num_train, "val": cfg.synthetic.num_val}
+        if split not in sizes:
+            raise DataError(f"data.format synthetic has the splits train and val, not {split!r}")
+        return _synthetic_split(cfg, split, sizes[split], limit)
+    if cfg.format == "folders":
+        from tune_losses.data import folders as fmt
+    else:
+        from tune_losses.data import pairs as fmt
+    from tune_losses.data.sources import read_classes
+
+    return fmt.load_split(cfg, read_classes(cfg), split, limit)
+
+
 def _load_splits(cfg: DataConfig) -> tuple[SplitData, SplitData, list[str], list | None]:
     if cfg.format == "synthetic":
         s = cfg.synthetic
@@ -157,6 +174,40 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
         class_frequencies=frequencies(train.summary.counts),
     )
     return train_ds, val_ds, info
+
+
+def build_split_loader(
+    cfg: DataConfig, split: str, *, limit: int | None = None, device_type: str = "cpu"
+) -> DataLoader:
+    """One split of ``cfg``'s data, in order, through the validation pipeline (padding only,
+    no augmentation) and batched as the val loader of :func:`build_loaders` is, so that the
+    val split gives the same batches; what ``python -m tune_losses.evaluate`` scores.
+
+    ``split`` is a folder name (``test``), or ``train`` / ``val`` for the synthetic data,
+    which has no other split; a split the data lacks raises :class:`DataError`. Its first
+    ``limit`` samples are read; ``None``: ``max_train`` / ``max_val`` for ``train_split`` /
+    ``val_split`` (what the run trained and validated on), any other split whole.
+    """
+    if limit is None:
+        train, val = cfg.train_split, cfg.val_split
+        if cfg.format == "synthetic":
+            train, val = "train", "val"
+        limit = {train: cfg.max_train, val: cfg.max_val}.get(split)
+    data = _load_split(cfg, split, limit)
+    dataset = SegmentationDataset(
+        data.source, build_val_transform(cfg.pad_multiple, cfg.ignore_index, cfg.scale)
+    )
+    return DataLoader(
+        dataset,
+        batch_size=cfg.batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=cfg.num_workers,
+        pin_memory=device_type == "cuda",
+        collate_fn=PadCollate(cfg.ignore_index),
+        worker_init_fn=_worker_init,
+        generator=torch.Generator().manual_seed(0),
+    )
 
 
 def _worker_init(worker_id: int) -> None:

@@ -33,6 +33,7 @@ TRIAL_CONFIG = "trial_config.yaml"
 LEADERBOARD = "leaderboard.csv"
 BEST_CONFIG = "best_config.yaml"
 REPORT_DIR = "report"
+RUN_FILE = "mlflow_run.json"  # in a train run folder: the store and run it was logged to
 PREDICTIONS = "predictions.png"  # a child's best-epoch predictions (engine draws them)
 NOTE_TAG = "mlflow.note.content"  # the run's description, rendered as markdown by the UI
 GIT_COMMIT_TAG = "mlflow.source.git.commit"

@@ -102,6 +102,19 @@ def find_parent(client: MlflowClient, experiment: str, run: str | None = None) -
     raise TrackingError(f"no search run with id or name {run!r} in experiment {experiment!r}")
 
 
+def find_trial_run(client: MlflowClient, parent_id: str, trial_id: str) -> Run:
+    """The child run of search ``parent_id`` that logged Ray trial ``trial_id``."""
+    try:
+        parent = client.get_run(parent_id)
+    except MlflowException:
+        raise TrackingError(f"no run {parent_id} in {client.tracking_uri}") from None
+    query = f"tags.`{PARENT_TAG}` = '{parent_id}' and tags.`{TRIAL_TAG}` = '{trial_id}'"
+    found = search_all(client, parent.info.experiment_id, query)
+    if not found:
+        raise TrackingError(f"no run of trial {trial_id} under search run {parent_id}")
+    return found[-1]  # the oldest: a resumed trial keeps its first run
+
+
 def metric_history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     """``(step, value)`` of a metric, by step; an epoch logged twice (a retried or resumed
     trial) keeps its last value."""

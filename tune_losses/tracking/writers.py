@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import tempfile
 import time
 from collections.abc import Mapping
@@ -10,9 +11,10 @@ from typing import Any
 
 import yaml
 from mlflow.entities import Metric, Param
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from tune_losses.tracking.names import LINEAGE_FILE, numeric_metrics
+from tune_losses.tracking.names import LINEAGE_FILE, TrackingError, numeric_metrics
 
 _PARAM_MAX = 6000
 _BATCH = 100
@@ -72,6 +74,29 @@ class RunLogger(_Writer):
         super().__init__(uri, experiment)
         self.run_id = self.client.create_run(self.experiment_id, run_name=run_name).info.run_id
         self.log_params(self.run_id, params)
+
+    @classmethod
+    def attach(cls, uri: str, run_id: str) -> RunLogger:
+        """A logger on an existing run (a finished training run that an evaluation adds
+        to); a run the store lacks is a :class:`TrackingError`."""
+        client = MlflowClient(tracking_uri=uri)
+        try:
+            run = client.get_run(run_id)
+        except MlflowException:
+            raise TrackingError(f"no MLflow run {run_id} in {uri}") from None
+        logger = cls.__new__(cls)
+        logger.uri, logger.client, logger.run_id = uri, client, run_id
+        logger.experiment_id = run.info.experiment_id
+        logger.experiment = client.get_experiment(run.info.experiment_id).name
+        return logger
+
+    def log_numbers(self, numbers: Mapping[str, float], step: int) -> None:
+        """Log every finite number of ``numbers`` at ``step``, whatever its name
+        (``test/mIoU``: :meth:`log_epoch` keeps an epoch's ``train/`` and ``val/`` names only)."""
+        ts = int(time.time() * 1000)
+        metrics = [Metric(k, float(v), ts, step) for k, v in numbers.items() if math.isfinite(v)]
+        for i in range(0, len(metrics), _BATCH):
+            self.client.log_batch(self.run_id, metrics=metrics[i : i + _BATCH])
 
     def log_epoch(self, result: Mapping[str, Any]) -> None:
         """Log one epoch's numbers at step = epoch."""

@@ -23,7 +23,6 @@ STEP_METRIC = "epoch"  # logged at every step: its history tells the last step l
 CLONED_TAG = "pbt.cloned_from"  # the last PBT exploit: "<donor trial>@<epoch>"
 LINEAGE_TAG = "pbt.lineage"  # every exploit, oldest first, comma-separated
 REPEAT_TAG = "repeat_of"  # a repeat at another seed: the trial id of the configuration's first run
-SEED_TAG = "train.seed"  # the training seed a child ran
 LINEAGE_FILE = "lineage.yaml"  # what a child really ran: phases and per-step LR, weights
 BEST_METRIC = "best_val_mIoU"
 CURVE_METRIC = "val/mIoU"
@@ -43,6 +42,7 @@ TRIALS_COMPLETED = "trials_completed"
 TRIALS_PRUNED = "trials_pruned"
 TRIALS_FAILED = "trials_failed"
 EPOCHS_SPENT = "epochs_spent"
+TRIALS_DUPLICATE = "trials_duplicate"  # proposals told a trained configuration's value
 TRIALS_REPEATED = "trials_repeated"  # runs of a contender at a further seed (search.repeats)
 EPOCHS_REPEATED = "epochs_repeated"  # their epochs (also in epochs_spent)
 

@@ -27,6 +27,7 @@ from tune_losses.tracking.names import (
     NOTE_TAG,
     PARENT_TAG,
     PREDICTIONS,
+    REPEAT_TAG,
     STEP_METRIC,
     STOP_TAG,
     TRIAL_CONFIG,
@@ -48,6 +49,7 @@ class SearchTracker(_Writer):
         super().__init__(uri, experiment)
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}
+        self.repeats: set[str] = set()  # trial ids of contenders' repeats at further seeds
         self.logged_through: dict[str, int] = {}  # trial id -> last step logged
 
     # ------------------------------------------------------------------ parent
@@ -67,6 +69,7 @@ class SearchTracker(_Writer):
         self.client.update_run(parent_id, status="RUNNING")
         runs = search_all(self.client, self.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
         self.children = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs}
+        self.repeats = {r.data.tags[TRIAL_TAG] for r in runs if REPEAT_TAG in r.data.tags}
 
     def finish(
         self, leaderboard_csv: str, best_config_yaml: str | None, best: Mapping[str, Any]
@@ -104,18 +107,23 @@ class SearchTracker(_Writer):
             self.client.set_tag(self._parent(), key, value)
 
     def tell_story(
-        self, trials: Sequence[TrialRecord], reproduce: str, retrain: str, trust: str = ""
+        self,
+        trials: Sequence[TrialRecord],
+        reproduce: str,
+        retrain: str,
+        notes: Sequence[str] = (),
+        counts: Mapping[str, float] | None = None,
     ) -> None:
-        """The parent's description (:func:`search_story`, with ``trust``: what the report
-        measured the search can trust) and its trial counts (:func:`trial_counts`), so the
-        runs table and run page say how the search went."""
+        """The parent's description (:func:`search_story`, with ``notes``) and its trial
+        counts (:func:`trial_counts`, plus ``counts``), so the runs table and run page say
+        how the search went."""
         pid = self._parent()
         story = search_story(
-            trials, self.experiment_id, reproduce=reproduce, retrain=retrain, trust=trust
+            trials, self.experiment_id, reproduce=reproduce, retrain=retrain, notes=notes
         )
         self.client.set_tag(pid, NOTE_TAG, story)
         logged = self.client.get_run(pid).data.metrics
-        for key, value in trial_counts(trials).items():
+        for key, value in {**trial_counts(trials), **(counts or {})}.items():
             self._log_once(pid, key, value, logged)
 
     def open_children(self) -> list[str]:
@@ -151,9 +159,15 @@ class SearchTracker(_Writer):
         return gone
 
     def next_trial_number(self) -> int:
-        """The number of a trial not seen yet: 1 + the child runs this search has (resumed
-        searches included), in the order trials start."""
-        return len(self.children) + 1
+        """The number of a configuration not seen yet: 1 + the child runs this search has
+        (resumed searches included; repeats at further seeds not counted), in the order
+        trials start."""
+        return len(self.children.keys() - self.repeats) + 1
+
+    def run_name(self, trial_id: str) -> str:
+        """The name of a trial's child run (its id when it has none)."""
+        run_id = self.children.get(trial_id)
+        return self.client.get_run(run_id).info.run_name or run_id if run_id else trial_id
 
     def trial_started(self, trial_id: str, name: str, config: Mapping[str, Any]) -> None:
         """Open the trial's child run (or reopen it after a restore): params and config."""
@@ -216,6 +230,14 @@ class SearchTracker(_Writer):
         ts = int(1000 * float(result.get("timestamp", time.time())))
         self.log_metrics(run_id, result, step, ts)
         self.logged_through[trial_id] = step
+
+    def trial_tagged(self, trial_id: str, tags: Mapping[str, str]) -> None:
+        """Set tags on a trial's child run (``repeat_of`` for a contender's repeat)."""
+        run_id = self.children.get(trial_id)
+        if REPEAT_TAG in tags:
+            self.repeats.add(trial_id)
+        for key, value in tags.items() if run_id is not None else ():
+            self.client.set_tag(run_id, key, value)
 
     def trial_placed(self, trial_id: str, *, node_ip: str, hostname: str, device: str) -> None:
         """Tag the trial's child run with where it (last) ran: node IP, host, torch device."""

@@ -62,11 +62,12 @@ def search_story(
     reproduce: str,
     retrain: str,
     top: int = STORY_TOP,
-    trust: str = "",
+    notes: Sequence[str] = (),
 ) -> str:
     """The parent run's markdown description: the winner with a link to its run, how the
     trials ended, the ``top`` trials with their searched values and stop reasons, and the
-    commands that reproduce the search and retrain the winner. ``trials`` are best first;
+    commands that reproduce the search and retrain the winner; ``notes`` (a line each: what
+    the search can trust, duplicates answered) after the counts. ``trials`` are best first;
     their best value is named after the search's metric (``best_train_loss``)."""
     counts = trial_counts(trials)
     metric = trials[0].metric if trials else CURVE_METRIC
@@ -96,8 +97,7 @@ def search_story(
             f"{counts[TRIALS_REPEATED]:.0f} of them repeated a contender at another seed "
             f"({counts[EPOCHS_REPEATED]:.0f} epochs) before it was declared the best."
         )
-    if trust:
-        lines.append(f"What the search can trust: {trust}.")
+    lines += list(notes)
     searched = searched_params(trials)
     names = short_names(searched)
     shown = trials[:top]

@@ -19,12 +19,14 @@ from ray import tune
 from tune_losses.engine import PREDICTIONS_FILE, SUMMARY_FILE, read_summary
 from tune_losses.tracking import (
     CURVE_METRIC,
+    REPEAT_TAG,
     SearchTracker,
     best_metric_name,
     format_best,
     short_names,
     trial_run_name,
 )
+from tune_losses.tune.intensify import REPEAT_KEY
 from tune_losses.tune.trainable import (
     CLONED_FROM,
     DEVICE,
@@ -89,11 +91,18 @@ class TrialLogger(tune.Callback):
                 self._say(f"{len(gone)} trial run(s) Ray did not save deleted; rerun as new")
         values = trial_values(trial.config)
         restarted = trial.trial_id in self.tracker.children  # resumed, retried or PBT-cloned
-        name = (
-            "restarted" if restarted else trial_run_name(self.tracker.next_trial_number(), values)
-        )
+        first = values.get(REPEAT_KEY)
+        if restarted:
+            name = "restarted"
+        elif first is not None:  # a contender at a further seed: named after its first run
+            seed = values[EXPERIMENT_KEY]["train"]["seed"]
+            name = f"{self.tracker.run_name(first).split()[0]} seed {seed}"
+        else:
+            name = trial_run_name(self.tracker.next_trial_number(), values)
         self.tracker.trial_started(trial.trial_id, name, values)
-        sampled = {k: v for k, v in values.items() if k != EXPERIMENT_KEY}
+        if first is not None:
+            self.tracker.trial_tagged(trial.trial_id, {REPEAT_TAG: str(first)})
+        sampled = {k: v for k, v in values.items() if k not in (EXPERIMENT_KEY, REPEAT_KEY)}
         names = short_names(list(sampled))
         shown = ", ".join(
             f"{names[k]}={v:.3g}" if isinstance(v, float) else f"{names[k]}={v}"

@@ -390,8 +390,9 @@ def _tell_story(search: _Search, tracker: Any, trials: list[Any]) -> Path | None
     the report could not be written: the search's results stand, so it only warns)."""
     from mlflow.exceptions import MlflowException
 
-    from tune_losses.report import log_report, write_report
-    from tune_losses.tracking import BEST_CONFIG, REPORT_DIR
+    from tune_losses.report import log_report, search_trust, write_report
+    from tune_losses.tracking import BEST_CONFIG, REPORT_DIR, TRIALS_DUPLICATE
+    from tune_losses.tune.intensify import DONE_FILE
 
     config = Path(search.run_dir) / BEST_CONFIG
     if search.local:
@@ -404,14 +405,25 @@ def _tell_story(search: _Search, tracker: Any, trials: list[Any]) -> Path | None
         )
     command = search.state.get("command", f"python -m tune_losses.search --space {search.name}")
     try:
-        tracker.tell_story(trials, reproduce=command, retrain=retrain)
         parent = tracker.client.get_run(tracker.parent_id)
+        trust = search_trust(parent, trials)
+        notes, counts = [f"What the search can trust: {trust.sentence()}."], {}
+        if run_state.has_file(search.run_dir, DONE_FILE):  # what the searcher handed out
+            done = json.loads(run_state.read_text(search.run_dir, DONE_FILE))
+            counts[TRIALS_DUPLICATE] = float(done.get("duplicates", 0))
+            if counts[TRIALS_DUPLICATE]:
+                notes.append(
+                    f"{counts[TRIALS_DUPLICATE]:.0f} proposals repeated a configuration "
+                    "already trained: Optuna was told its stored value, nothing was retrained."
+                )
+        tracker.tell_story(trials, command, retrain, notes=notes, counts=counts)
         with contextlib.ExitStack() as stack:
             if search.local:
                 out = Path(search.run_dir) / REPORT_DIR
             else:
                 out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            log_report(tracker.client, parent, write_report(tracker.client, parent, trials, out))
+            files = write_report(tracker.client, parent, trials, out, trust=trust)
+            log_report(tracker.client, parent, files)
     except (MlflowException, OSError, ValueError, RuntimeError) as exc:
         print(
             f"warning: the search's report was not written: {exc}".splitlines()[0], file=sys.stderr
@@ -434,7 +446,7 @@ def run_search(args: argparse.Namespace, space: SearchSpace, search: _Search | N
         raise
     try:
         results = _fit(args, space, search, tracker)
-        if tracker.open_children() or len(results) < search.state["total"]:
+        if tracker.open_children() or not _all_started(search, space, results):
             tracker.abort("KILLED")
             print(
                 f"search interrupted; continue it with: {resume_command(args, search)}",
@@ -455,6 +467,17 @@ def run_search(args: argparse.Namespace, space: SearchSpace, search: _Search | N
     if code != 0:
         _say_first_failure(tracker)
     return code
+
+
+def _all_started(search: _Search, space: SearchSpace, results: Any) -> bool:
+    """Whether the search handed out its whole budget: PBT's population all ran, or the
+    searcher said FINISHED (it writes :data:`~tune_losses.tune.intensify.DONE_FILE`;
+    Ray's ``fit`` returns as well when Ctrl-C stopped it between trials)."""
+    from tune_losses.tune.intensify import DONE_FILE
+
+    if space.experiment.search.scheduler in ("pbt", "pb2"):
+        return len(results) >= search.state["total"]
+    return run_state.has_file(search.run_dir, DONE_FILE)
 
 
 def _say_first_failure(tracker: Any) -> None:

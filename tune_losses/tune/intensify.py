@@ -33,7 +33,7 @@ from tune_losses.tune.trainable import EXPERIMENT_KEY, trial_values
 REPEAT_KEY = "repeat_of"  # in a repeat's config: the trial id of the configuration's first run
 DUPLICATE_ATTR = "duplicate_of"  # Optuna user attr of a proposal answered from a stored run
 DONE_FILE = "search_done.json"  # in the run folder once the searcher has handed out its budget
-MAX_DUPLICATES = 100  # proposals in a row that are all duplicates: the space is exhausted
+MAX_DUPLICATES = 20  # proposals in a row that are all duplicates: the sampler has no new point
 
 
 def config_key(config: dict[str, Any]) -> str:
@@ -144,6 +144,12 @@ class Intensifier(Searcher):
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+
+    def finished_at(self, trial_id: str) -> int | None:
+        """Where a first run's Optuna trial ended (see ``TellingOptunaSearch.finished_at``);
+        None for a repeat, which Optuna never hears of, and for a trial still going."""
+        inner = self._inner.get(trial_id)
+        return None if inner is None else self.searcher.finished_at(inner)
 
     # ------------------------------------------------------------------ what it learned
     @property

@@ -94,6 +94,14 @@ def read_text(run_dir: str, filename: str) -> str:
         return stream.read().decode()
 
 
+def has_file(run_dir: str, filename: str) -> bool:
+    """Whether the run folder holds ``filename``."""
+    from pyarrow.fs import FileType
+
+    fs, path = _fs(run_dir)
+    return fs.get_file_info(join(path, filename)).type == FileType.File
+
+
 def write_text(run_dir: str, filename: str, text: str) -> str:
     """Write a text file into the run folder (created if needed); returns its location."""
     fs, path = _fs(run_dir)

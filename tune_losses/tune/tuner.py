@@ -17,8 +17,9 @@ from ray.tune.search.optuna import OptunaSearch
 from tune_losses.config import SearchConfig
 from tune_losses.space import SearchSpace
 from tune_losses.tracking import stop_reason
+from tune_losses.tune.intensify import DUPLICATE_ATTR, Intensifier
 from tune_losses.tune.rungs import ScheduleAwareASHA
-from tune_losses.tune.state import STUDY_FILE
+from tune_losses.tune.state import STUDY_FILE, join
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -102,11 +103,12 @@ class ReplayFIFO(ReplayAware, FIFOScheduler):
     """:class:`FIFOScheduler` that ends a rerun trial where Optuna ended it."""
 
 
-def _telling_searcher(search_alg: Any) -> TellingOptunaSearch | None:
-    """The :class:`TellingOptunaSearch` inside Ray's wrappers (``SearchGenerator`` ->
-    ``ConcurrencyLimiter`` -> searcher), or None."""
-    for _ in range(4):
-        if search_alg is None or isinstance(search_alg, TellingOptunaSearch):
+def _telling_searcher(search_alg: Any) -> Any:
+    """The outermost searcher inside Ray's wrappers that knows where a trial's Optuna
+    trial ended (``SearchGenerator`` -> ``ConcurrencyLimiter`` -> :class:`Intensifier`,
+    which maps Ray's trial ids to the Optuna searcher's), or None."""
+    for _ in range(5):
+        if search_alg is None or hasattr(search_alg, "finished_at"):
             return search_alg
         search_alg = getattr(search_alg, "searcher", None)
     return None
@@ -139,10 +141,12 @@ class TellingOptunaSearch(OptunaSearch):
         return super().suggest(trial_id)
 
     def _orphan(self) -> int | None:
-        """The storage id of the first study trial no Ray trial holds (None if none)."""
+        """The storage id of the first study trial no Ray trial holds (None if none); a
+        duplicate proposal, told its stored outcome without training, is nobody's."""
         held = {t._trial_id for t in self._ot_trials.values()}
         trials = self._ot_study.get_trials(deepcopy=False)
-        return next((t._trial_id for t in trials if t._trial_id not in held), None)
+        orphans = (t for t in trials if t._trial_id not in held)
+        return next((t._trial_id for t in orphans if DUPLICATE_ATTR not in t.user_attrs), None)
 
     def _stored(self, trial_id: str) -> optuna.trial.FrozenTrial | None:
         """The stored Optuna trial of a Ray trial once it is finished (None before)."""
@@ -232,20 +236,29 @@ def new_tuner(
         return _population_tuner(space, trainable, name, results, callback)
     # Optuna learns from the best value so far of search.metric, so that an early-stopped
     # trial is not judged by its last (worse) epochs
+    sampler = make_sampler(space)
     searcher = TellingOptunaSearch(
         space=space.define_by_run(),
         metric=search.best_metric,
         mode=search.mode if isinstance(search.metric, str) else [m for _, m in search.objectives],
-        sampler=make_sampler(space),
+        sampler=sampler,
         storage=storage,
         study_name=name,
+    )
+    tpe = isinstance(sampler, optuna.samplers.TPESampler)
+    intensifier = Intensifier(
+        searcher,
+        configs=space.num_trials,
+        repeats=search.repeats,
+        startup=search.startup_trials if tpe else 0,
+        run_dir=join(results, name),
     )
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(
-            search_alg=ConcurrencyLimiter(searcher, max_concurrent=search.max_concurrent),
+            search_alg=ConcurrencyLimiter(intensifier, max_concurrent=search.max_concurrent),
             scheduler=make_scheduler(search, space.max_epochs),
-            num_samples=space.num_trials,
+            num_samples=-1,  # the Intensifier hands out the budget, then says FINISHED
             # a finished trial's worker takes the next trial: no new process that imports
             # torch and the model code again (seconds per trial)
             reuse_actors=True,

@@ -1,34 +1,35 @@
-"""Does the search pay? TPE + ASHA against random + ASHA and the full grid (issue 12).
+"""Does the search pay? Ways of searching scored by the truth, not by what they saw (issue 18).
 
 Usage:
     .venv/bin/python benchmarks/bench_search.py [--datasets synthetic camvid]
-        [--seeds 0 1 2] [--out benchmarks/search] [--quick]
+        [--seeds 0 1 2 3 4] [--truth-seeds 0 1 2] [--ways tpe+ tpe random]
+        [--samples N] [--out benchmarks/search] [--quick] [--report-only]
 
-One discretised space (every marker a ``grid``: the aux head's CE weight in {off, 0.2, 0.4,
-0.8} and the decode head's Lovasz weight in {off, 0.5, 1.0}, beside CE 1.0) is searched
-three ways with the same number of epochs per trial:
+One grid-only space (synthetic: 40 points, Lovasz and Dice each off, constant, decaying,
+warming up or switched on at 60 % beside CE with and without class weights) is searched:
 
-- ``tpe``: ``search.sampler: tpe`` (grid markers sampled as choices) with ASHA,
-- ``random``: ``search.sampler: random`` with ASHA,
-- ``grid``: every point once (Optuna's GridSampler), FIFO, every trial trains all epochs.
+- ``grid``: every point once (Optuna's GridSampler), FIFO, once per training seed in
+  ``--truth-seeds``: these passes are the truth table (each point's mean over seeds, and its
+  standard error);
+- ``tpe+``: TPE + ASHA with ``search.repeats: 2`` and schedule-aware stopping (issue 18);
+- ``tpe``: TPE + ASHA as round 2 ran it (no repeats, plain ASHA);
+- ``random``: random search + ASHA (plain ASHA);
 
-The samplers draw as many trials as the grid has points and run once per search seed
-(``search.seed``); the grid runs once. Early stopping is off and one trial runs at a time
-(``max_concurrent: 1``), so "epochs spent" counts the same thing for every way and each
-sampler has seen every earlier trial when it proposes. Each search is the search command's
-own entry (``tune_losses.tune.cli.main``, as ``python -m tune_losses.search`` runs it) called
-in this process, which keeps one local Ray instance for all of them instead of starting one
-a search; each has its own Ray storage, sqlite MLflow store and log under
-``--out/<dataset>/<way>-seed<seed>/``. A search whose ``summary.json`` is there is not run
-again (resumable), an unfinished one is started afresh.
+each sampler way drawing ``--samples`` configurations (default a quarter of the grid) once per
+sampler seed. Duplicates are never retrained (the product no longer does, in any way). Early
+stopping is off and one trial runs at a time, so "epochs spent" counts the same thing for
+every way. Each search is the search command's own entry (``tune_losses.tune.cli.main``)
+called in this process (one local Ray for all); each has its own Ray storage, sqlite MLflow
+store and log under ``--out/<dataset>/<way>-seed<seed>/``; a search whose ``summary.json`` is
+there is not run again (resumable).
 
-What is compared is read back from the MLflow store: every reported epoch of every trial
-(``val/mIoU``, in %), in the order they happened (report timestamp, then trial start, then
-epoch). From it: the best val mIoU a way reached; the epochs spent until its best-so-far
-came within ``--tolerance`` (0.5) mIoU of the grid's best; that as a fraction of the grid's
-epochs (target: TPE + ASHA <= 30 %). A plot of best-so-far val mIoU against epochs spent
-per dataset goes to ``--out/search_<dataset>.png``; ``--out/results.json`` holds every
-figure and a markdown table for ``benchmarks/RESULTS.md`` is printed.
+Scored, per search, from its MLflow store: the configuration it chose (its parent's best
+trial) and that configuration's **true** mean, its regret against the grid's best true mean
+and whether it lies within one standard error of it, the epochs spent (repeats included) as
+a fraction of one grid pass, configurations trained twice at one seed, and runs of a
+schedule judged (stopped) before it played. Also, as in round 2: best-so-far val mIoU
+against epochs (``--out/search_<dataset>.png``) and the epochs to within ``--tolerance`` of
+the grid's best value. ``--out/results.json`` holds every figure; a markdown table is printed.
 
 ``--quick`` (CI): synthetic only, a 2 x 2 grid, 2 epochs, seed 0, a tiny model.
 ``camvid`` is ``configs/camvid_small.yaml`` (CamVid at scale 0.5) reduced to
@@ -58,7 +59,13 @@ from tune_losses.tiny import tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
 EXPERIMENT = "bench_search"
-WAYS = ("tpe", "random", "grid")
+WAYS = ("tpe+", "tpe", "random", "grid")
+# how each way searches: sampler, search.repeats, search.schedule_aware
+HOW = {
+    "tpe+": ("tpe", 2, True),  # issue 18: repeats for contenders, schedule-aware stopping
+    "tpe": ("tpe", 1, False),  # round 2's TPE + ASHA (duplicates are never retrained now)
+    "random": ("random", 1, False),
+}
 CURVE = "val/mIoU"
 SUMMARY = "summary.json"
 
@@ -82,6 +89,32 @@ FULL_LOSS = {
             }
         }
     },
+}
+# 40 points: Lovasz and Dice each off, constant, decaying, warming up or switched on late
+# beside CE with and without class weights (every schedule kind a search can meet)
+LATE = {"schedule": "step", "values": [0.0, 0.5], "milestones": [0.6]}
+SCHEDULE_LOSS = {
+    "decode": {
+        "ce": {"weight": 1.0, "class_weights": {"grid": {"none": None, "sqrt": "sqrt_inverse"}}},
+        "lovasz": {
+            "grid": {
+                "off": OFF,
+                "const": {"weight": 0.5, **LOVASZ},
+                "decay": {"weight": {"schedule": "linear", "start": 1.0, "end": 0.1}, **LOVASZ},
+                "late": {"weight": LATE, **LOVASZ},
+            }
+        },
+        "dice": {
+            "grid": {
+                "off": OFF,
+                "const": {"weight": 0.5},
+                "decay": {"weight": {"schedule": "linear", "start": 0.8, "end": 0.1}},
+                "warmup": {"weight": {"schedule": "warmup", "value": 0.5, "warmup": 0.3}},
+                "late": {"weight": LATE},
+            }
+        },
+    },
+    "aux": {"ce": {"weight": 0.4}},
 }
 QUICK_LOSS = {
     "decode": {
@@ -117,14 +150,14 @@ def synthetic(quick: bool) -> Setting:
     if quick:
         space = tiny_experiment(train={"epochs": 2, "lr": 0.005}, loss=QUICK_LOSS)
         return Setting("synthetic", space, grace_period=1, points=4)
-    data = {"num_train": 64, "num_val": 32, "size": 48, "num_classes": 5}
+    data = {"num_train": 32, "num_val": 16, "size": 48, "num_classes": 5}
     space = {
         "data": {"format": "synthetic", "synthetic": data, "batch_size": 8},
         "model": SMALL_MODEL,
-        "train": {"epochs": 6, "lr": 0.01},
-        "loss": FULL_LOSS,
+        "train": {"epochs": 4, "lr": 0.01},
+        "loss": SCHEDULE_LOSS,
     }
-    return Setting("synthetic", space, grace_period=2, points=12)
+    return Setting("synthetic", space, grace_period=1, points=40)
 
 
 def camvid(args: argparse.Namespace) -> Setting:
@@ -138,26 +171,32 @@ def camvid(args: argparse.Namespace) -> Setting:
     return Setting("camvid", space, grace_period=min(2, args.camvid_epochs), points=12)
 
 
-def space_file(setting: Setting, way: str) -> dict[str, Any]:
-    """The space of one way: the same markers; sampler, scheduler and trials differ."""
+def space_file(setting: Setting, way: str, seed: int, samples: int) -> dict[str, Any]:
+    """The space of one way: the same markers; sampler, scheduler and trials differ. The
+    grid runs every point at training seed ``seed`` (its passes are the truth table); the
+    samplers draw ``samples`` configurations at training seed 0."""
     space = copy.deepcopy(setting.space)
     space["train"].update(threads=1, early_stopping={"patience": None})
     search: dict[str, Any] = {"max_concurrent": 1, "cpus_per_trial": 1}
     if way == "grid":
         search["scheduler"] = "fifo"
+        space["train"]["seed"] = seed
     else:
+        sampler, repeats, aware = HOW[way]
         search.update(
-            sampler=way,
+            sampler=sampler,
             scheduler="asha",
-            num_samples=setting.points,
+            num_samples=samples,
             grace_period=setting.grace_period,
             reduction_factor=2,
+            repeats=repeats,
+            schedule_aware=aware,
         )
     space["search"] = search
     return space
 
 
-def run_search(setting: Setting, way: str, seed: int, out: Path) -> dict[str, Any]:
+def run_search(setting: Setting, way: str, seed: int, out: Path, samples: int) -> dict[str, Any]:
     """Run one search (unless its summary is stored) and return its summary."""
     run = out / setting.name / f"{way}-seed{seed}"
     if (run / SUMMARY).is_file():
@@ -166,7 +205,7 @@ def run_search(setting: Setting, way: str, seed: int, out: Path) -> dict[str, An
     shutil.rmtree(run, ignore_errors=True)  # an interrupted run starts afresh
     run.mkdir(parents=True)
     space = run / "space.yaml"
-    space.write_text(yaml.safe_dump(space_file(setting, way), sort_keys=False))
+    space.write_text(yaml.safe_dump(space_file(setting, way, seed, samples), sort_keys=False))
     argv = ["--space", str(space), "--seed", str(seed), "--storage", str(run / "ray")]
     argv += ["--experiment", EXPERIMENT, "--tracking-uri", f"sqlite:///{run / 'mlruns.db'}"]
     start = time.perf_counter()
@@ -215,7 +254,54 @@ def read_events(run: Path) -> dict[str, Any]:
         events += [(ts, start, step, value) for step, (ts, value) in by_step.items()]
     events.sort()
     epochs_run = sum(int(c.data.tags.get(tracking.EPOCHS_TAG, 0)) for c in children)
-    return {"trials": len(children), "values": [e[3] for e in events], "epochs_run": epochs_run}
+    runs = [
+        {
+            "trial": c.data.tags.get(tracking.TRIAL_TAG, ""),
+            "point": point_of(c.data.params),
+            "seed": c.data.params.get("train.seed", ""),
+            "epochs": int(c.data.tags.get(tracking.EPOCHS_TAG, 0)),
+            "best": c.data.metrics.get("best_val_mIoU", math.nan),
+            "repeat_of": c.data.tags.get(tracking.REPEAT_TAG, ""),
+            "played": played_from(client, c.info.run_id),
+        }
+        for c in children
+    ]
+    best = parent.data.tags.get("best_trial", "")
+    chosen = next((r["point"] for r in runs if r["trial"] == best), None)
+    return {
+        "trials": len(children),
+        "values": [e[3] for e in events],
+        "epochs_run": epochs_run,
+        "runs": runs,
+        "chosen": chosen,
+    }
+
+
+def point_of(params: dict[str, str]) -> str:
+    """A grid point's name from a child's params: each marker's label, whether the marker
+    was a ``grid`` (the grid way) or sampled as a ``choice`` (the samplers)."""
+    labels = {
+        k.rsplit(".", 1)[0]: v
+        for k, v in params.items()
+        if k.startswith("loss.") and k.endswith((".grid", ".choice"))
+    }
+    return " ".join(f"{k.removeprefix('loss.')}={v}" for k, v in sorted(labels.items()))
+
+
+def played_from(client: Any, run_id: str) -> int:
+    """The first epoch a run may be judged at (its schedules played), from the concrete
+    experiment it ran (its ``trial_config.yaml``)."""
+    import tempfile
+
+    from tune_losses import tracking
+    from tune_losses.config import load_experiment
+    from tune_losses.losses.spec import settles_at
+    from tune_losses.schedules import played_epoch
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = client.download_artifacts(run_id, tracking.TRIAL_CONFIG, tmp)
+        exp = load_experiment(path)
+    return played_epoch(settles_at(exp.loss), exp.train.epochs)
 
 
 def _ts(metric: Any) -> int:
@@ -239,9 +325,47 @@ def epochs_to(values: list[float], target: float) -> int | None:
     return None
 
 
+def truth_table(summaries: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each grid point's final best val mIoU at every training seed the grid ran (one grid
+    pass a seed): their mean (the truth) and standard error."""
+    seen: dict[str, list[float]] = {}
+    for s in summaries:
+        if s["way"] == "grid":
+            for run in s["runs"]:
+                seen.setdefault(run["point"], []).append(run["best"])
+    table = {}
+    for point, values in seen.items():
+        se = statistics.stdev(values) / math.sqrt(len(values)) if len(values) > 1 else math.nan
+        table[point] = {"mean": statistics.fmean(values), "se": se, "n": len(values)}
+    return table
+
+
+def judged(summary: dict[str, Any], truth: dict[str, dict[str, float]]) -> dict[str, Any]:
+    """A search scored by the truth, not by what it saw: the true mean of the configuration
+    it chose, its regret against the grid's best true mean (and whether within that point's
+    standard error), configurations trained twice at one seed, and runs of a schedule
+    stopped before it played."""
+    best_point = max(truth, key=lambda p: truth[p]["mean"])
+    chosen = truth.get(summary.get("chosen") or "", {"mean": math.nan})
+    regret = truth[best_point]["mean"] - chosen["mean"]
+    trained = [(r["point"], r["seed"]) for r in summary["runs"]]
+    unplayed = [r for r in summary["runs"] if 0 < r["epochs"] < r["played"]]
+    return {
+        "chosen": summary.get("chosen"),
+        "chosen_true_mean": chosen["mean"],
+        "regret": regret,
+        "within_se": bool(regret <= truth[best_point]["se"]),
+        "retrained": len(trained) - len(set(trained)),
+        "judged_unplayed": len(unplayed),
+        "repeats": sum(bool(r["repeat_of"]) for r in summary["runs"]),
+    }
+
+
 def score(summaries: list[dict[str, Any]], tolerance: float) -> list[dict[str, Any]]:
     """One row per search: best, epochs spent, epochs to within ``tolerance`` of the grid's
-    best and that as a fraction of the grid's epochs."""
+    best and that as a fraction of the grid's epochs; with a truth table (the grid at every
+    training seed), what the chosen configuration is really worth (:func:`judged`)."""
+    truth = truth_table(summaries)
     grid = next(s for s in summaries if s["way"] == "grid")
     grid_best = max(best_so_far(grid["values"]))
     grid_epochs = len(grid["values"])
@@ -258,7 +382,9 @@ def score(summaries: list[dict[str, Any]], tolerance: float) -> list[dict[str, A
                 "best": max(best_so_far(s["values"])),
                 "epochs_to_target": reach,
                 "fraction_of_grid": None if reach is None else reach / grid_epochs,
+                "budget_fraction": len(s["values"]) / grid_epochs,
                 "minutes": s["minutes"],
+                **(judged(s, truth) if s["way"] != "grid" else {}),
             }
         )
     return rows
@@ -271,8 +397,13 @@ def plot(name: str, summaries: list[dict[str, Any]], target: float, path: Path) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"tpe": "tab:blue", "random": "tab:orange", "grid": "black"}
-    labels = {"tpe": "TPE + ASHA", "random": "random + ASHA", "grid": "grid, FIFO"}
+    colours = {"tpe+": "tab:green", "tpe": "tab:blue", "random": "tab:orange", "grid": "black"}
+    labels = {
+        "tpe+": "TPE + ASHA, repeats, schedule-aware",
+        "tpe": "TPE + ASHA",
+        "random": "random + ASHA",
+        "grid": "grid, FIFO",
+    }
     fig, ax = plt.subplots(figsize=(7, 4.5))
     seen = set()
     for s in summaries:
@@ -312,8 +443,39 @@ def table(name: str, setting: Setting, rows: list[dict[str, Any]], tolerance: fl
         cells += [_cell(r["epochs_to_target"]), _cell(r["fraction_of_grid"], "{:.0%}")]
         lines.append("| " + " | ".join(map(str, cells)) + " |")
     lines.append("")
+    truth_rows = [r for r in rows if "regret" in r]
+    if truth_rows:
+        lines += [
+            "",
+            "Scored by the truth (each grid point's mean over the grid's training seeds):",
+            "",
+            "| way | seed | chosen | its true mean | regret | within 1 se | budget (grid pass) "
+            "| repeats | retrained | judged before played |",
+            "|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in truth_rows:
+            cells = [r["way"], r["seed"], r["chosen"], f"{r['chosen_true_mean']:.2f}"]
+            cells += [f"{r['regret']:.2f}", "yes" if r["within_se"] else "no"]
+            cells += [f"{r['budget_fraction']:.0%}", r["repeats"], r["retrained"]]
+            cells += [r["judged_unplayed"]]
+            lines.append("| " + " | ".join(map(str, cells)) + " |")
+        lines.append("")
+        for way in WAYS:
+            mine = [r for r in truth_rows if r["way"] == way]
+            if mine:
+                regrets = sorted(r["regret"] for r in mine)
+                budgets = [r["budget_fraction"] for r in mine]
+                within = sum(r["within_se"] for r in mine)
+                lines.append(
+                    f"- {way}: regret median {statistics.median(regrets):.2f} (range "
+                    f"{regrets[0]:.2f}..{regrets[-1]:.2f}, n={len(mine)}), within one se of the "
+                    f"best in {within}/{len(mine)}, budget median "
+                    f"{statistics.median(budgets):.0%} of a grid pass"
+                )
     for way in WAYS:
         mine = [r for r in rows if r["way"] == way]
+        if not mine:
+            continue
         bests = [r["best"] for r in mine]
         fractions = [r["fraction_of_grid"] for r in mine]
         reached = [f for f in fractions if f is not None]
@@ -329,7 +491,21 @@ def table(name: str, setting: Setting, rows: list[dict[str, Any]], tolerance: fl
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--datasets", nargs="+", choices=("synthetic", "camvid"), default=None)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="sampler seeds")
+    p.add_argument(
+        "--truth-seeds",
+        type=int,
+        nargs="+",
+        default=[0, 1, 2],
+        help="training seeds of the grid passes (the truth table)",
+    )
+    p.add_argument("--ways", nargs="+", choices=WAYS[:-1], default=list(WAYS[:-1]))
+    p.add_argument(
+        "--samples",
+        type=int,
+        default=None,
+        help="configurations a sampler draws (default: 25%% of the grid)",
+    )
     p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "search")
     p.add_argument("--tolerance", type=float, default=0.5, help="mIoU points below grid best")
     p.add_argument("--quick", action="store_true", help="synthetic, 2x2 grid, 2 epochs, seed 0")
@@ -350,14 +526,18 @@ def main(argv: list[str] | None = None) -> int:
     tables = []
     for name in datasets:
         setting = synthetic(args.quick) if name == "synthetic" else camvid(args)
-        runs = [("grid", 0)] + [(way, seed) for seed in seeds for way in ("tpe", "random")]
+        truth_seeds = [0] if args.quick else args.truth_seeds
+        samples = args.samples or (setting.points if args.quick else math.ceil(setting.points / 4))
+        runs = [("grid", s) for s in truth_seeds]
+        runs += [(way, seed) for seed in seeds for way in args.ways]
         if args.report_only:
             runs = [
                 (w, s) for w, s in runs if (args.out / name / f"{w}-seed{s}" / SUMMARY).is_file()
             ]
-        summaries = [run_search(setting, way, seed, args.out) for way, seed in runs]
+        summaries = [run_search(setting, way, seed, args.out, samples) for way, seed in runs]
         rows = score(summaries, args.tolerance)
         grid_best = next(r["best"] for r in rows if r["way"] == "grid")
+        results_truth = truth_table(summaries)
         png = args.out / f"search_{name}.png"
         plot(name, summaries, grid_best - args.tolerance, png)
         tables.append(table(name, setting, rows, args.tolerance))
@@ -367,6 +547,9 @@ def main(argv: list[str] | None = None) -> int:
             "epochs": setting.epochs,
             "grid_epochs": setting.points * setting.epochs,
             "seeds": seeds,
+            "truth_seeds": truth_seeds,
+            "samples": samples,
+            "truth": results_truth,
             "rows": rows,
             "plot": str(png),
         }

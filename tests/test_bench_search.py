@@ -21,15 +21,24 @@ def test_quick_search_benchmark_reads_back_every_way(tmp_path: Path) -> None:
     points, epochs = synthetic["grid_points"], synthetic["epochs"]
     assert (points, epochs) == (4, 2) and synthetic["grid_epochs"] == points * epochs
     rows = {row["way"]: row for row in synthetic["rows"]}
-    assert sorted(rows) == ["grid", "random", "tpe"] and len(synthetic["rows"]) == 3
+    assert sorted(rows) == ["grid", "random", "tpe", "tpe+"] and len(synthetic["rows"]) == 4
+    truth = synthetic["truth"]
+    assert len(truth) == points and all(t["n"] == 1 for t in truth.values())
+    best_true = max(t["mean"] for t in truth.values())
     for way, row in rows.items():
-        assert row["trials"] == points  # every trial asked for was read back
+        repeats = row.get("repeats", 0)
+        assert row["trials"] == points + repeats  # every trial asked for was read back
         assert row["epochs_spent"] == row["epochs_run_tags"]  # history and tags agree
         assert math.isfinite(row["best"]) and 0.0 <= row["best"] <= 100.0
         reach = row["epochs_to_target"]
         assert reach is None or 1 <= reach <= row["epochs_spent"]
         if way != "grid":  # ASHA: each trial trains its grace period, at most all epochs
-            assert points <= row["epochs_spent"] <= points * epochs
+            assert points <= row["epochs_spent"] <= (points + repeats) * epochs
+            # scored by the truth: the chosen point's true mean, never retrained
+            assert row["chosen"] in truth
+            assert row["regret"] == best_true - truth[row["chosen"]]["mean"] >= 0
+            assert row["retrained"] == 0
+    assert rows["tpe+"]["judged_unplayed"] == 0
     grid = rows["grid"]
     assert grid["epochs_spent"] == points * epochs  # FIFO, no early stopping
     assert grid["epochs_to_target"] is not None
@@ -40,6 +49,6 @@ def test_quick_search_benchmark_reads_back_every_way(tmp_path: Path) -> None:
 
     again = run_benchmark("bench_search.py", tmp_path)  # stored searches are read back
     assert again.returncode == 0, again.stderr[-2000:]
-    assert again.stdout.count("done before, read back") == 3
+    assert again.stdout.count("done before, read back") == 4
     rows_again = json.loads((tmp_path / "results.json").read_text())["datasets"]["synthetic"]
     assert rows_again["rows"] == synthetic["rows"]

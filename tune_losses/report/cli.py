@@ -87,7 +87,7 @@ def report(
     shown = ", ".join(f"{metric} {mode}" for metric, mode in ranking(parent))
     print_leaderboard(trials, f"Leaderboard of {name} (best {shown})", top, csv=out / LEADERBOARD)
     trust = search_trust(parent, trials)
-    print(f"what the search can trust: {trust.sentence()}")
+    print(textwrap.fill(f"what the search can trust: {trust.sentence()}", TERMINAL_WIDTH))
     importances = param_importances(trials, budget=trust.trusted)
     print_importances(importances)
     written = write_report(

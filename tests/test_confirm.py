@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy.stats import t as student_t
 
-from conftest import run_cli, runs_of, write_space
+from conftest import run_cli, run_notebook, runs_of, write_space
 
 EPOCHS = 2
 SEED = 0
@@ -139,3 +139,15 @@ def test_the_winner_is_the_best_confirmed_mean_and_the_interval_matches(
     assert winner in confirm_csv.splitlines()[1]
     html = (confirmed.run_dir / "report" / "report.html").read_text()
     assert "Confirmed at fresh seeds" in html
+
+
+@pytest.mark.slow
+def test_the_notebook_shows_the_baselines_and_the_confirmed_arms(
+    confirmed: Confirmed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    nb = run_notebook(confirmed.uri, "e2e", tmp_path, monkeypatch)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    shown = "".join(str(o.get("data", {}).get("text/plain", "")) for o in outputs)
+    shown += "".join(str(o.get("data", {}).get("text/markdown", "")) for o in outputs)
+    assert "base ce_dice" in shown and "Paired gain of" in shown

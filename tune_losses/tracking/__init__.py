@@ -39,6 +39,7 @@ from tune_losses.tracking.confirm import (
     confirm_story,
     load_confirm,
     paired_interval,
+    search_confirm,
 )
 from tune_losses.tracking.leaderboard import (
     LEADERBOARD_COLUMNS,
@@ -130,6 +131,7 @@ __all__ = [
     "confirm_story",
     "load_confirm",
     "paired_interval",
+    "search_confirm",
     "BASELINE_TAG",
     "CONFIRM_FILE",
     "CONFIRM_TAG",

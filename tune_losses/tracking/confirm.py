@@ -3,6 +3,7 @@ paired gain of the best searched configuration over the best baseline with its i
 
 from __future__ import annotations
 
+import ast
 import math
 import statistics
 from collections.abc import Sequence
@@ -11,6 +12,7 @@ from dataclasses import dataclass, field
 from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from tune_losses.tracking.leaderboard import ranking
 from tune_losses.tracking.names import BASELINE_TAG, CONFIRM_TAG, PARENT_TAG, SEED_TAG
 from tune_losses.tracking.readers import search_all
 
@@ -87,6 +89,21 @@ def load_confirm(client: MlflowClient, parent: Run, score: str) -> list[ConfirmA
         arm.scores[seed] = float(run.data.metrics.get(score, math.nan))
         arm.run_ids[seed] = run.info.run_id
     return list(arms.values())
+
+
+def search_confirm(client: MlflowClient, parent: Run) -> ConfirmOutcome | None:
+    """The confirm stage of a search, from its ``search.confirm`` param and its confirm runs
+    (None for a search without one): what the report and the notebook show."""
+    text = parent.data.params.get("search.confirm", "None")
+    try:
+        settings = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return None
+    if not isinstance(settings, dict) or "split" not in settings:
+        return None
+    metric, mode = ranking(parent)[0]
+    score = f"{settings['split']}/{metric.removeprefix('val/')}"
+    return confirm_outcome(load_confirm(client, parent, score), score, mode)
 
 
 def confirm_outcome(arms: Sequence[ConfirmArm], metric: str, mode: str = "max") -> ConfirmOutcome:

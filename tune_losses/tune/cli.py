@@ -103,6 +103,12 @@ def dry_run(space: SearchSpace, n: int = 3) -> None:
     study = optuna.create_study(direction="maximize", sampler=make_sampler(space))
     total = space.num_trials
     print(f"{space.source}: valid; {len(space.markers)} markers, {total} trials planned")
+    search = space.experiment.search
+    if search.baselines:
+        print(f"baselines (full budget, every search): {', '.join(search.baselines)}")
+    if search.confirm is not None:
+        c = search.confirm
+        print(f"confirm: top {c.top_k} + the baselines at {c.seeds} fresh seeds, on {c.split}")
     for i in range(min(n, total)):
         trial = study.ask()
         concrete = space.sample(trial)

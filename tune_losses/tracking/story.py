@@ -41,7 +41,7 @@ def trial_counts(trials: Sequence[TrialRecord]) -> dict[str, float]:
         TRIALS_FAILED: float(failed),
         EPOCHS_SPENT: float(epochs),
     }
-    repeats = [t for t in trials if t.repeat_of]
+    repeats = [t for t in trials if t.repeat_of and not t.baseline]  # not a baseline's seeds
     if repeats:  # runs of a contender at further seeds; their epochs are in EPOCHS_SPENT
         counts[TRIALS_REPEATED] = float(len(repeats))
         counts[EPOCHS_REPEATED] = float(

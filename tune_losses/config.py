@@ -276,6 +276,15 @@ def default_startup_trials(num_samples: int) -> int:
     return max(1, min(10, num_samples // 3))
 
 
+class ConfirmConfig(_Strict):
+    """The confirm stage: the ``top_k`` configurations and every baseline trained again at
+    ``seeds`` fresh training seeds, each scored at its end on ``split``."""
+
+    top_k: int = Field(2, ge=1)
+    seeds: int = Field(3, ge=2, le=50)  # two at least: the interval needs n - 1 >= 1
+    split: str = Field("val", min_length=1)
+
+
 class SearchConfig(_Strict):
     """Ray Tune settings: Optuna TPE proposes, ASHA stops the weak trials.
 
@@ -319,6 +328,29 @@ class SearchConfig(_Strict):
     cpus_per_trial: float = Field(1.0, gt=0.0)
     gpus_per_trial: float = Field(0.0, ge=0.0)
     checkpoint_keep: int = Field(2, ge=1)
+    baselines: dict[str, LossSpec] = {}  # name -> a loss section trained in every search
+    confirm: ConfirmConfig | None = None
+
+    @field_validator("baselines", mode="before")
+    @classmethod
+    def _check_baselines(cls, raw: Any) -> dict[str, LossSpec]:
+        if raw is None:
+            return {}
+        if not isinstance(raw, Mapping):
+            raise ValueError("search.baselines: expected a mapping of name -> loss section")
+        out = {}
+        for name, loss in raw.items():
+            problem = mlflow_name_problem(str(name))
+            if problem is not None:
+                raise ValueError(f"search.baselines: baseline {problem}")
+            try:
+                out[str(name)] = validate_loss(loss)
+            except ValueError as exc:
+                text = str(exc).splitlines()[0]
+                where = f"search.baselines.{name}"
+                text = f"{where}.{text[5:]}" if text.startswith("loss.") else f"{where}: {text}"
+                raise ValueError(text) from None
+        return out
 
     @model_validator(mode="after")
     def _objectives(self) -> SearchConfig:
@@ -340,6 +372,7 @@ class SearchConfig(_Strict):
                 f"repeats: {self.repeats} seeds a contender needs one metric and scheduler "
                 "asha or fifo (a Pareto front or PBT population has no single incumbent)"
             )
+        self._check_stages(metrics)
         n = self.n_startup_trials
         if n is not None and n >= self.num_samples and self.sampler != "random":
             raise ValueError(
@@ -348,6 +381,21 @@ class SearchConfig(_Strict):
                 f"{default_startup_trials(self.num_samples)}) or sampler: random"
             )
         return self
+
+    def _check_stages(self, metrics: list[str]) -> None:
+        """Baselines and the confirm stage need one metric and a scheduler that trains a
+        fixed configuration (PBT/PB2 mutate every member); confirm ranks a ``val/`` metric
+        (scored on its split as ``<split>/...``)."""
+        for what, on in (("baselines", bool(self.baselines)), ("confirm", bool(self.confirm))):
+            if on and self.scheduler in ("pbt", "pb2"):
+                raise ValueError(
+                    f"{what}: not with scheduler {self.scheduler} (it mutates every member's "
+                    "weights; a baseline or a confirmed configuration must stay fixed)"
+                )
+        if self.confirm is not None and (len(metrics) > 1 or not metrics[0].startswith("val/")):
+            raise ValueError(
+                f"confirm: needs one metric of the val split (val/...), got {', '.join(metrics)}"
+            )
 
     @property
     def startup_trials(self) -> int:
@@ -399,10 +447,13 @@ class Experiment(_Strict):
     @model_validator(mode="after")
     def _check_heads(self) -> Experiment:
         heads = {"decode", "aux"} if self.model.aux_head else {"decode"}
-        for head in loss_heads(self.loss):
-            if head not in heads:
-                hint = " (set model.aux_head: true)" if head == "aux" else ""
-                raise ValueError(f"loss.{head}: the model has no head {head!r}{hint}")
+        losses = {"loss": self.loss}
+        losses.update({f"search.baselines.{k}": v for k, v in self.search.baselines.items()})
+        for where, loss in losses.items():
+            for head in loss_heads(loss):
+                if head not in heads:
+                    hint = " (set model.aux_head: true)" if head == "aux" else ""
+                    raise ValueError(f"{where}.{head}: the model has no head {head!r}{hint}")
         if not any(loss_heads(self.loss).values()):  # a head with no term is off; a loss needs one
             raise ValueError("loss: every term is switched off; a run needs at least one term")
         self._check_phases()
@@ -436,7 +487,7 @@ def format_validation_error(exc: ValidationError, source: str = "") -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"])
     msg = err["msg"].removeprefix("Value error, ")
-    if msg.startswith("loss.") or not loc:
+    if msg.startswith(("loss.", "search.baselines")) or not loc:
         where = msg
     else:
         where = f"{loc}: {msg}"

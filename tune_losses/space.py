@@ -168,6 +168,10 @@ class SearchSpace:
 
     def _check(self) -> None:
         self.markers = list(_walk_markers(self.raw))
+        for name, _ in self.markers:
+            if name.startswith(("search.baselines.", "search.confirm.")):
+                what = ".".join(name.split(".")[:3])
+                raise ConfigError(f"{what}: no search markers here ({name}); it is fixed")
         for name, node in self.markers:
             if marker_of(node) in ("uniform", "loguniform", "int"):
                 _bounds(name, node)
@@ -285,6 +289,16 @@ class SearchSpace:
             return params[name]
 
         return self.validate(_resolve(self.raw, "", pick))
+
+    def baselines(self) -> dict[str, Experiment]:
+        """Each ``search.baselines`` entry's experiment: the space with its loss replaced by
+        the baseline's, markers outside ``loss`` at their first value (option or low bound)."""
+        out = {}
+        for name, loss in (self.raw.get("search", {}).get("baselines") or {}).items():
+            concrete = self._concrete({})
+            concrete["loss"] = copy.deepcopy(loss)
+            out[str(name)] = self.validate(concrete)
+        return out
 
     def numeric_markers(self) -> dict[str, tuple[str, float, float]]:
         """``{name: (kind, low, high)}`` of every uniform, loguniform and int marker."""

@@ -25,10 +25,12 @@ from tune_losses.tracking import (
     LEADERBOARD,
     TrackingError,
     TrialRecord,
+    confirm_story,
     find_parent,
     load_trials,
     open_client,
     ranking,
+    search_confirm,
 )
 
 
@@ -88,10 +90,21 @@ def report(
     print_leaderboard(trials, f"Leaderboard of {name} (best {shown})", top, csv=out / LEADERBOARD)
     trust = search_trust(parent, trials)
     print(textwrap.fill(f"what the search can trust: {trust.sentence()}", TERMINAL_WIDTH))
-    importances = param_importances(trials, budget=trust.trusted)
+    searched = [t for t in trials if not t.baseline]  # baselines: in the leaderboard only
+    importances = param_importances(searched, budget=trust.trusted)
     print_importances(importances)
+    confirm = search_confirm(client, parent)
+    if confirm is not None:
+        print("\n".join(confirm_story(confirm, confirm.metric.split("/")[0])).strip())
     written = write_report(
-        client, parent, trials, out, top=top, importances=importances, trust=trust
+        client,
+        parent,
+        trials,
+        out,
+        top=top,
+        importances=importances,
+        trust=trust,
+        confirm=confirm,
     )
     print(f"wrote to {out}:")
     names = ", ".join(p.name for p in written)

@@ -19,11 +19,14 @@ from tune_losses.report.html import report_html
 from tune_losses.report.importances import Importances, param_importances
 from tune_losses.report.trust import Trust, measure_trust, rungs_of
 from tune_losses.tracking import (
+    CONFIRM_FILE,
     CURVE_METRIC,
     LEADERBOARD,
     PREDICTIONS,
     REPORT_DIR,
+    ConfirmOutcome,
     TrialRecord,
+    confirm_rows,
     leaderboard_csv,
     leaderboard_rows,
     weight_histories,
@@ -42,6 +45,7 @@ def write_report(
     top: int | None = None,
     importances: Importances | None = None,
     trust: Trust | None = None,
+    confirm: ConfirmOutcome | None = None,
 ) -> list[Path]:
     """Write the report's files into ``out`` (nothing printed); returns them.
 
@@ -49,10 +53,13 @@ def write_report(
     the rung the search trusts), ``curves.png``, ``importances.png`` (when
     there are importances), ``schedules.png`` (the applied loss weights of the top trials)
     and ``report.html`` (all of it on one self-contained page). The search calls it at its
-    end, ``python -m tune_losses.report`` at any time.
+    end, ``python -m tune_losses.report`` at any time. Baselines (``search.baselines``)
+    are in the leaderboard, not in the importances; ``confirm``: the confirm stage's
+    outcome, also written as ``confirm.csv`` and shown in the HTML.
     """
     trust = trust or search_trust(parent, trials)
-    importances = importances or param_importances(trials, budget=trust.trusted)
+    searched = [t for t in trials if not t.baseline]
+    importances = importances or param_importances(searched, budget=trust.trusted)
     name = parent.info.run_name or parent.info.run_id
     out.mkdir(parents=True, exist_ok=True)
     (out / LEADERBOARD).write_text(leaderboard_csv(leaderboard_rows(trials)))
@@ -74,13 +81,16 @@ def write_report(
     ]
     written += [path for path in plots if path is not None]
     pictures = [path for path in plots if path is not None]
-    best = next((t for t in trials if math.isfinite(t.best)), None)
+    best = next((t for t in searched if math.isfinite(t.best)), None)
     if best is not None:
         picture = _download(client, best.run_id, PREDICTIONS, out, "best_predictions.png")
         if picture is not None:
             pictures.append(picture)
             written.append(picture)
-    html = report_html(parent, trials, importances, pictures, trust.sentence())
+    if confirm is not None:
+        (out / CONFIRM_FILE).write_text(leaderboard_csv(confirm_rows(confirm)))
+        written.append(out / CONFIRM_FILE)
+    html = report_html(parent, trials, importances, pictures, trust.sentence(), confirm)
     (out / HTML_FILE).write_text(html, encoding="utf-8")
     written.append(out / HTML_FILE)
     return written
@@ -89,8 +99,9 @@ def write_report(
 def search_trust(parent: Run, trials: Sequence[TrialRecord]) -> Trust:
     """:func:`~tune_losses.report.trust.measure_trust` at the search's ASHA rungs (from its
     parent's params) below the longest run's epochs."""
-    longest = max((t.history[-1][0] for t in trials if t.history), default=0)
-    return measure_trust(trials, rungs_of(parent.data.params, longest))
+    searched = [t for t in trials if not t.baseline]  # a baseline is no searched configuration
+    longest = max((t.history[-1][0] for t in searched if t.history), default=0)
+    return measure_trust(searched, rungs_of(parent.data.params, longest))
 
 
 def _download(client: MlflowClient, run_id: str, name: str, out: Path, as_name: str) -> Path | None:

@@ -14,7 +14,9 @@ from tune_losses.report.importances import Importances
 from tune_losses.report.tables import status_summary
 from tune_losses.tracking import (
     CURVE_METRIC,
+    ConfirmOutcome,
     TrialRecord,
+    confirm_story,
     format_best,
     searched_params,
     short_value,
@@ -27,19 +29,23 @@ def report_html(
     importances: Importances,
     pictures: Sequence[Path],
     trust: str = "",
+    confirm: ConfirmOutcome | None = None,
 ) -> str:
     """One self-contained HTML page: the leaderboard (every trial, the searched params),
     the importances and every picture embedded as base64 PNG, for people who would rather
-    look than read; opens from a file, a mail or MLflow's artifact view alike."""
+    look than read; opens from a file, a mail or MLflow's artifact view alike. Baselines
+    are marked in their own column; ``confirm`` adds the confirm stage's arms and gain."""
     name = parent.info.run_name or parent.info.run_id
     searched = searched_params(trials)
     metric = trials[0].metric if trials else CURVE_METRIC
     head = ["#", "trial", "run id", "status", "ended", "epochs", best_metric_name(metric)]
-    head += searched
+    baselines = any(t.baseline for t in trials)
+    head += ["baseline"] * baselines + searched
     rows = []
     for rank, t in enumerate(trials, 1):
         best = format_best(t.best, metric)
         cells = [str(rank), t.name, t.run_id, t.status, t.stop_reason, t.epochs_run, best]
+        cells += [t.baseline] * baselines
         rows.append(cells + [short_value(t.params.get(k, "")) for k in searched])
     parts = [
         f"<h1>Search {escape(name)}</h1>",
@@ -47,6 +53,7 @@ def report_html(
         f"{escape(status_summary(trials))}</p>",
         "<h2>Leaderboard</h2>",
         _html_table(head, rows),
+        *(_confirm_html(confirm) if confirm is not None else []),
         "<h2>What the search can trust</h2>",
         f"<p>{escape(trust or 'not measured')}</p>",
         "<h2>Parameter importances</h2>",
@@ -72,6 +79,19 @@ def report_html(
         f'<!DOCTYPE html>\n<html><head><meta charset="utf-8"><title>{escape(name)}</title>'
         f"<style>{style}</style></head><body>\n" + "\n".join(parts) + "\n</body></html>\n"
     )
+
+
+def _confirm_html(outcome: ConfirmOutcome) -> list[str]:
+    """The confirm stage: each arm's mean and sd, then the winner and the paired gain."""
+    head = ["arm", "baseline", "seeds", f"mean {outcome.metric}", "sd"]
+    rows = [
+        [a.label, a.baseline, str(len(a.scores)), f"{a.mean:.2f}", f"{a.sd:.2f}"]
+        for a in outcome.arms
+    ]
+    text = [line for line in confirm_story(outcome, outcome.metric.split("/")[0])[6:] if line]
+    text = [line for line in text if not line.startswith("|")]
+    paragraphs = [f"<p>{escape(line.replace('**', ''))}</p>" for line in text]
+    return ["<h2>Confirmed at fresh seeds</h2>", _html_table(head, rows), *paragraphs]
 
 
 def _html_table(head: Sequence[str], rows: Sequence[Sequence[str]]) -> str:

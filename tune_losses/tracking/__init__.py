@@ -20,12 +20,27 @@ One job a module, everything re-exported here:
 - :mod:`~tune_losses.tracking.provenance`: package versions and the git commit;
 - :mod:`~tune_losses.tracking.readers`: the store, the parent, :func:`load_trials`;
 - :mod:`~tune_losses.tracking.leaderboard`: ranking, Pareto front, rows, CSV, short names;
-- :mod:`~tune_losses.tracking.story`: the parent's markdown description and trial counts.
+- :mod:`~tune_losses.tracking.story`: the parent's markdown description and trial counts;
+- :mod:`~tune_losses.tracking.confirm`: the confirm stage's arms, winner and paired gain.
 """
 
 from __future__ import annotations
 
 from tune_losses.config import best_metric_name  # best_<metric>: a metric name of the layout
+from tune_losses.tracking.confirm import (
+    GAIN,
+    GAIN_HIGH,
+    GAIN_LOW,
+    WINNER_TAG,
+    ConfirmArm,
+    ConfirmOutcome,
+    confirm_outcome,
+    confirm_rows,
+    confirm_story,
+    load_confirm,
+    paired_interval,
+    search_confirm,
+)
 from tune_losses.tracking.leaderboard import (
     LEADERBOARD_COLUMNS,
     best_label,
@@ -40,10 +55,13 @@ from tune_losses.tracking.leaderboard import (
     varying_params,
 )
 from tune_losses.tracking.names import (
+    BASELINE_TAG,
     BEST_CONFIG,
     BEST_METRIC,
     CHOICE_SUFFIXES,
     CLONED_TAG,
+    CONFIRM_FILE,
+    CONFIRM_TAG,
     CURVE_METRIC,
     DEVICE_TAG,
     EPOCHS_REPEATED,
@@ -66,6 +84,7 @@ from tune_losses.tracking.names import (
     REPEAT_TAG,
     REPORT_DIR,
     RUN_FILE,
+    SEED_TAG,
     STEP_METRIC,
     STOP_TAG,
     TRIAL_CONFIG,
@@ -101,6 +120,22 @@ from tune_losses.tracking.story import STORY_TOP, run_link, search_story, trial_
 from tune_losses.tracking.writers import RunLogger
 
 __all__ = [
+    "GAIN",
+    "GAIN_HIGH",
+    "GAIN_LOW",
+    "WINNER_TAG",
+    "ConfirmArm",
+    "ConfirmOutcome",
+    "confirm_outcome",
+    "confirm_rows",
+    "confirm_story",
+    "load_confirm",
+    "paired_interval",
+    "search_confirm",
+    "BASELINE_TAG",
+    "CONFIRM_FILE",
+    "CONFIRM_TAG",
+    "SEED_TAG",
     "BEST_CONFIG",
     "BEST_METRIC",
     "CHOICE_SUFFIXES",

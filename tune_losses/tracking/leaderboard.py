@@ -68,10 +68,12 @@ def pareto_front(points: Mapping[str, Sequence[float]], modes: Sequence[str]) ->
 
 def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     """The leaderboard: one dict a trial, in the order given (best first), every ``loss.*``
-    param as a column. The search's summary, ``leaderboard.csv`` and the report use it.
+    param as a column (and ``baseline``, the baseline's name, when the search has some).
+    The search's summary, ``leaderboard.csv`` and the report use it.
     The best value's column is named after the search's metric (``best_train_loss``)."""
     keys = sorted({k for t in trials for k in t.params})
     repeated = any(t.repeat_of for t in trials)
+    baselines = any(t.baseline for t in trials)
     names = {t.trial_id: t.name for t in trials}
     best = best_metric_name(trials[0].metric) if trials else BEST_METRIC
     columns = (*LEADERBOARD_COLUMNS[:-1], best)
@@ -79,6 +81,8 @@ def leaderboard_rows(trials: Sequence[TrialRecord]) -> list[dict[str, Any]]:
     for rank, t in enumerate(trials, 1):
         values = (rank, t.name, t.run_id, t.status, t.stop_reason, t.epochs_run, t.best)
         row: dict[str, Any] = dict(zip(columns, values, strict=True))
+        if baselines:  # a baseline's name (search.baselines): never the search's winner
+            row["baseline"] = t.baseline
         if len(t.values) > 1:  # a multi-objective search: each objective and the front
             row.update({best_metric_name(k): v for k, v in t.values.items()})
             row["pareto"] = t.pareto

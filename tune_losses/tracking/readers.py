@@ -15,6 +15,8 @@ from mlflow.tracking import MlflowClient
 from tune_losses.config import best_metric_name
 from tune_losses.tracking.leaderboard import pareto_front, ranking
 from tune_losses.tracking.names import (
+    BASELINE_TAG,
+    CONFIRM_TAG,
     CURVE_METRIC,
     EPOCHS_TAG,
     ERROR_REASON_TAG,
@@ -156,12 +158,18 @@ class TrialRecord:
         """The trial id of the configuration's first run, for a repeat at another seed."""
         return self.tags.get(REPEAT_TAG, "")
 
+    @property
+    def baseline(self) -> str:
+        """The baseline's name (``search.baselines``) for a baseline's run, else ``""``."""
+        return self.tags.get(BASELINE_TAG, "")
+
 
 def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
     """Every child run of ``parent`` with its ``loss.*`` params and ``val/mIoU`` history,
     best first by the search's objectives (:func:`ranking`; the Pareto front first when there
     are several), trials with no value last. ``TrialRecord.best`` is the trial's best value
-    of the first metric, ``values`` of each."""
+    of the first metric, ``values`` of each. The confirm stage's runs are not trials (see
+    :func:`~tune_losses.tracking.confirm.load_confirm`)."""
     objectives = ranking(parent)
     metric, mode = objectives[0]
     sign = -1.0 if mode == "max" else 1.0
@@ -169,6 +177,8 @@ def load_trials(client: MlflowClient, parent: Run) -> list[TrialRecord]:
     children = search_all(client, parent.info.experiment_id, f"tags.`{PARENT_TAG}` = '{pid}'")
     trials = []
     for child in children:
+        if CONFIRM_TAG in child.data.tags:
+            continue
         curve = metric_history(client, child.info.run_id, CURVE_METRIC)
         values = {
             name: float(child.data.metrics.get(best_metric_name(name), math.nan))

@@ -13,8 +13,10 @@ import yaml
 from mlflow.entities import RunStatus
 
 from tune_losses.tracking.names import (
+    BASELINE_TAG,
     BEST_CONFIG,
     CLONED_TAG,
+    CONFIRM_TAG,
     DEVICE_TAG,
     EPOCHS_TAG,
     ERROR_REASON_TAG,
@@ -49,7 +51,9 @@ class SearchTracker(_Writer):
         super().__init__(uri, experiment)
         self.parent_id: str | None = None
         self.children: dict[str, str] = {}
-        self.repeats: set[str] = set()  # trial ids of contenders' repeats at further seeds
+        self.repeats: set[str] = set()  # trial ids of runs with no trial number: repeats at
+        # further seeds, baselines, confirm runs
+        self.confirms: set[str] = set()  # trial ids of the confirm stage's runs
         self.logged_through: dict[str, int] = {}  # trial id -> last step logged
 
     # ------------------------------------------------------------------ parent
@@ -69,7 +73,11 @@ class SearchTracker(_Writer):
         self.client.update_run(parent_id, status="RUNNING")
         runs = search_all(self.client, self.experiment_id, f"tags.`{PARENT_TAG}` = '{parent_id}'")
         self.children = {r.data.tags[TRIAL_TAG]: r.info.run_id for r in runs}
-        self.repeats = {r.data.tags[TRIAL_TAG] for r in runs if REPEAT_TAG in r.data.tags}
+        unnumbered = (REPEAT_TAG, BASELINE_TAG, CONFIRM_TAG)
+        self.repeats = {
+            r.data.tags[TRIAL_TAG] for r in runs if any(t in r.data.tags for t in unnumbered)
+        }
+        self.confirms = {r.data.tags[TRIAL_TAG] for r in runs if CONFIRM_TAG in r.data.tags}
 
     def finish(
         self, leaderboard_csv: str, best_config_yaml: str | None, best: Mapping[str, Any]
@@ -113,13 +121,19 @@ class SearchTracker(_Writer):
         retrain: str,
         notes: Sequence[str] = (),
         counts: Mapping[str, float] | None = None,
+        sections: Sequence[str] = (),
     ) -> None:
         """The parent's description (:func:`search_story`, with ``notes``) and its trial
         counts (:func:`trial_counts`, plus ``counts``), so the runs table and run page say
-        how the search went."""
+        how the search went; ``sections``: markdown lines after the top trials."""
         pid = self._parent()
         story = search_story(
-            trials, self.experiment_id, reproduce=reproduce, retrain=retrain, notes=notes
+            trials,
+            self.experiment_id,
+            reproduce=reproduce,
+            retrain=retrain,
+            notes=notes,
+            sections=sections,
         )
         self.client.set_tag(pid, NOTE_TAG, story)
         logged = self.client.get_run(pid).data.metrics
@@ -160,8 +174,8 @@ class SearchTracker(_Writer):
 
     def next_trial_number(self) -> int:
         """The number of a configuration not seen yet: 1 + the child runs this search has
-        (resumed searches included; repeats at further seeds not counted), in the order
-        trials start."""
+        (resumed searches included; repeats at further seeds, baselines and confirm runs not
+        counted), in the order trials start."""
         return len(self.children.keys() - self.repeats) + 1
 
     def run_name(self, trial_id: str) -> str:
@@ -232,10 +246,13 @@ class SearchTracker(_Writer):
         self.logged_through[trial_id] = step
 
     def trial_tagged(self, trial_id: str, tags: Mapping[str, str]) -> None:
-        """Set tags on a trial's child run (``repeat_of`` for a contender's repeat)."""
+        """Set tags on a trial's child run (``repeat_of`` for a contender's repeat,
+        ``baseline``, ``confirm``: runs without a trial number)."""
         run_id = self.children.get(trial_id)
-        if REPEAT_TAG in tags:
+        if {REPEAT_TAG, BASELINE_TAG, CONFIRM_TAG} & tags.keys():
             self.repeats.add(trial_id)
+        if CONFIRM_TAG in tags:
+            self.confirms.add(trial_id)
         for key, value in tags.items() if run_id is not None else ():
             self.client.set_tag(run_id, key, value)
 

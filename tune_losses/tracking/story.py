@@ -41,7 +41,7 @@ def trial_counts(trials: Sequence[TrialRecord]) -> dict[str, float]:
         TRIALS_FAILED: float(failed),
         EPOCHS_SPENT: float(epochs),
     }
-    repeats = [t for t in trials if t.repeat_of]
+    repeats = [t for t in trials if t.repeat_of and not t.baseline]  # not a baseline's seeds
     if repeats:  # runs of a contender at further seeds; their epochs are in EPOCHS_SPENT
         counts[TRIALS_REPEATED] = float(len(repeats))
         counts[EPOCHS_REPEATED] = float(
@@ -63,16 +63,20 @@ def search_story(
     retrain: str,
     top: int = STORY_TOP,
     notes: Sequence[str] = (),
+    sections: Sequence[str] = (),
 ) -> str:
     """The parent run's markdown description: the winner with a link to its run, how the
     trials ended, the ``top`` trials with their searched values and stop reasons, and the
     commands that reproduce the search and retrain the winner; ``notes`` (a line each: what
-    the search can trust, duplicates answered) after the counts. ``trials`` are best first;
-    their best value is named after the search's metric (``best_train_loss``)."""
+    the search can trust, duplicates answered) after the counts; ``sections`` (markdown
+    lines: the confirm stage) after the top trials. ``trials`` are best first; their best
+    value is named after the search's metric (``best_train_loss``). Baselines
+    (``search.baselines``) are never the best trial: the best one is compared with it."""
     counts = trial_counts(trials)
     metric = trials[0].metric if trials else CURVE_METRIC
     lines = []
-    best = next((t for t in trials if math.isfinite(t.best)), None)
+    best = next((t for t in trials if math.isfinite(t.best) and not t.baseline), None)
+    base = next((t for t in trials if math.isfinite(t.best) and t.baseline), None)
     if best is None:
         lines.append(f"**No trial reported a {metric}.**")
     else:
@@ -86,6 +90,13 @@ def search_story(
             f"**Best trial: [{best.name}]({link})**, {best_metric_name(metric)} "
             f"**{format_best(best.best, metric)}**{seeds} "
             f"(run `{best.run_id}`, {best.stop_reason or best.status.lower()})."
+        )
+    if base is not None:
+        versus = f", {best.best - base.best:+.2f} for the best trial" if best is not None else ""
+        lines.append(
+            f"Best baseline: [{base.name}]({run_link(experiment_id, base.run_id)}), "
+            f"{format_best(base.best, metric)}{versus} (search values: `search.confirm` "
+            "trains both again at fresh seeds for an interval)."
         )
     lines.append(
         f"{len(trials)} trials: {counts[TRIALS_COMPLETED]:.0f} completed, "
@@ -111,6 +122,7 @@ def search_story(
             cells += [t.stop_reason or t.status.lower(), t.epochs_run]
             cells += [short_value(t.params.get(k, "")) or "-" for k in searched]
             lines.append(_md_row(cells))
+    lines += list(sections)
     lines += ["", "### Reproduce the search", "", "```bash", reproduce, "```"]
     lines += ["", "### Retrain the winner", "", "```bash", retrain, "```"]
     lines += [

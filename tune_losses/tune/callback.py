@@ -18,28 +18,36 @@ from ray import tune
 
 from tune_losses.engine import PREDICTIONS_FILE, SUMMARY_FILE, read_summary
 from tune_losses.tracking import (
+    BASELINE_TAG,
+    CONFIRM_TAG,
     CURVE_METRIC,
     REPEAT_TAG,
+    SEED_TAG,
     SearchTracker,
     best_metric_name,
     format_best,
     short_names,
     trial_run_name,
 )
-from tune_losses.tune.intensify import REPEAT_KEY
+from tune_losses.tune.intensify import BASELINE_KEY, REPEAT_KEY
 from tune_losses.tune.trainable import (
     CLONED_FROM,
+    CONFIRM_KEY,
     DEVICE,
     EXPERIMENT_KEY,
     HOSTNAME,
     NODE_IP,
+    SPLIT_KEY,
     trial_values,
 )
+
+MARK_KEYS = (REPEAT_KEY, BASELINE_KEY, CONFIRM_KEY, SPLIT_KEY)  # in a config, not sampled
 
 
 class TrialLogger(tune.Callback):
     """Forwards trial events to a :class:`SearchTracker` and prints progress, each trial's
-    best value named after the search's (first) ``metric``."""
+    best value named after the search's (first) ``metric``; ``confirm``: the logger of the
+    confirm stage (on resume it retires only the confirm runs Ray does not know)."""
 
     def __init__(
         self,
@@ -47,11 +55,13 @@ class TrialLogger(tune.Callback):
         max_epochs: int,
         verbose: bool = True,
         metric: str = CURVE_METRIC,
+        confirm: bool = False,
     ) -> None:
         self.tracker = tracker
         self.max_epochs = max_epochs
         self.verbose = verbose
         self.metric = metric
+        self.confirm = confirm
 
     def __getstate__(self) -> dict[str, Any]:
         """Ray pickles the run config with its callbacks (for ``Tuner.restore``): keep the
@@ -64,6 +74,7 @@ class TrialLogger(tune.Callback):
             "max_epochs": self.max_epochs,
             "verbose": self.verbose,
             "metric": self.metric,
+            "confirm": self.confirm,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
@@ -72,6 +83,7 @@ class TrialLogger(tune.Callback):
             tracker.reopen(state["parent_id"])
         self.tracker, self.max_epochs, self.verbose = tracker, state["max_epochs"], state["verbose"]
         self.metric = state.get("metric", CURVE_METRIC)  # a search started before it was kept
+        self.confirm = state.get("confirm", False)
         self.adopted = True
 
     adopted = False  # children adopted from an earlier run, not yet checked against Ray's
@@ -86,29 +98,47 @@ class TrialLogger(tune.Callback):
         if self.adopted:  # the first start after --resume: Ray's trials are all known now
             self.adopted = False
             known = {t.trial_id for t in trials}
-            gone = self.tracker.retire([t for t in self.tracker.children if t not in known])
+            confirms = self.tracker.confirms
+            mine = [t for t in self.tracker.children if (t in confirms) == self.confirm]
+            gone = self.tracker.retire([t for t in mine if t not in known])
             if gone:
                 self._say(f"{len(gone)} trial run(s) Ray did not save deleted; rerun as new")
         values = trial_values(trial.config)
         restarted = trial.trial_id in self.tracker.children  # resumed, retried or PBT-cloned
-        first = values.get(REPEAT_KEY)
+        name, tags = self._name_and_tags(values)
         if restarted:
             name = "restarted"
-        elif first is not None:  # a contender at a further seed: named after its first run
-            seed = values[EXPERIMENT_KEY]["train"]["seed"]
-            name = f"{self.tracker.run_name(first).split()[0]} seed {seed}"
-        else:
+        elif not name:
             name = trial_run_name(self.tracker.next_trial_number(), values)
-        self.tracker.trial_started(trial.trial_id, name, values)
-        if first is not None:
-            self.tracker.trial_tagged(trial.trial_id, {REPEAT_TAG: str(first)})
-        sampled = {k: v for k, v in values.items() if k not in (EXPERIMENT_KEY, REPEAT_KEY)}
+        logged = {k: v for k, v in values.items() if k not in MARK_KEYS}
+        self.tracker.trial_started(trial.trial_id, name, logged)
+        if tags:
+            self.tracker.trial_tagged(trial.trial_id, tags)
+        sampled = {k: v for k, v in logged.items() if k != EXPERIMENT_KEY}
         names = short_names(list(sampled))
         shown = ", ".join(
             f"{names[k]}={v:.3g}" if isinstance(v, float) else f"{names[k]}={v}"
             for k, v in sampled.items()
         )
         self._say(f"{trial.trial_id} ({name}) started: {shown}")
+
+    def _name_and_tags(self, values: Mapping[str, Any]) -> tuple[str, dict[str, str]]:
+        """The run name and tags of a confirm run (``confirm t03 seed 7``), a baseline
+        (``base ce``, ``base ce seed 1``) or a repeat (``t03 seed 1``); ``""`` for a
+        configuration's first run (named by its number)."""
+        seed = values[EXPERIMENT_KEY]["train"]["seed"]
+        first, base, arm = (values.get(k) for k in (REPEAT_KEY, BASELINE_KEY, CONFIRM_KEY))
+        if arm is not None:  # a baseline's arm is tagged with its name too
+            tags = {CONFIRM_TAG: str(arm), SEED_TAG: str(seed)}
+            tags.update({BASELINE_TAG: str(base)} if base is not None else {})
+            return f"confirm {arm} seed {seed}", tags
+        tags = {REPEAT_TAG: str(first)} if first is not None else {}
+        if base is not None:
+            tags[BASELINE_TAG] = str(base)
+            return f"base {base}" + (f" seed {seed}" if first else ""), tags
+        if first is not None:  # a contender at a further seed: named after its first run
+            return f"{self.tracker.run_name(first).split()[0]} seed {seed}", tags
+        return "", tags
 
     def on_trial_result(
         self, iteration: int, trials: Sequence[Any], trial: Any, result: dict, **info: Any

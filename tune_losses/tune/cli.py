@@ -30,6 +30,7 @@ from tune_losses.data import DataError
 from tune_losses.engine import preflight
 from tune_losses.space import SearchSpace
 from tune_losses.tune import state as run_state
+from tune_losses.tune.confirm import STAGE_KEY, check_split, confirm_stage, confirmed_best
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,6 +103,12 @@ def dry_run(space: SearchSpace, n: int = 3) -> None:
     study = optuna.create_study(direction="maximize", sampler=make_sampler(space))
     total = space.num_trials
     print(f"{space.source}: valid; {len(space.markers)} markers, {total} trials planned")
+    search = space.experiment.search
+    if search.baselines:
+        print(f"baselines (full budget, every search): {', '.join(search.baselines)}")
+    if search.confirm is not None:
+        c = search.confirm
+        print(f"confirm: top {c.top_k} + the baselines at {c.seeds} fresh seeds, on {c.split}")
     for i in range(min(n, total)):
         trial = study.ask()
         concrete = space.sample(trial)
@@ -286,16 +293,10 @@ def _open_parent(
     run_state.write_state(search.run_dir, search.state)
 
 
-def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker: Any) -> Any:
-    """Start Ray, build (or restore) the Tuner, run every trial; returns Ray's results."""
+def _start_ray(args: argparse.Namespace, space: SearchSpace) -> None:
+    """Start (or join) Ray and check the trial's resources against it."""
     import ray
-    from ray import tune
 
-    from tune_losses.tune.callback import TrialLogger
-    from tune_losses.tune.trainable import train_trial
-    from tune_losses.tune.tuner import new_tuner, restore_tuner, study_storage
-
-    cfg = space.experiment.search
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     # "local" starts a fresh instance even where `ray start` left a cluster address behind
     ray.init(address=args.address or "local", ignore_reinit_error=True, log_to_driver=False)
@@ -303,6 +304,17 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker:
     # after ray.init, which installs its own: a SIGTERM (a job scheduler, a timeout)
     # ends the search like Ctrl-C, runs KILLED and the state saved for --resume
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
+
+
+def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker: Any) -> Any:
+    """Build (or restore) the Tuner, run every trial; returns Ray's results."""
+    from ray import tune
+
+    from tune_losses.tune.callback import TrialLogger
+    from tune_losses.tune.trainable import train_trial
+    from tune_losses.tune.tuner import new_tuner, restore_tuner, study_storage
+
+    cfg = space.experiment.search
     resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}
     trainable = tune.with_resources(train_trial, resources)
     print(
@@ -340,9 +352,13 @@ def _best_config(result: Any, scheduler: str) -> dict[str, Any]:
     return learned_experiment(experiment, summary) if summary.get("lineage") else experiment
 
 
-def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> int:
+def _summarize(
+    search: _Search, tracker: Any, results: Any, scheduler: str, confirmed: Any = None
+) -> int:
     """Leaderboard (from MLflow) printed and logged, best config (or, for several metrics,
-    one per Pareto-front member and ``pareto.csv``) written; returns the exit code."""
+    one per Pareto-front member and ``pareto.csv``) written; returns the exit code. The best
+    trial is the best that is no baseline; after a confirm stage (``confirmed``: its outcome
+    and plan) ``best_config.yaml`` is the arm with the best confirmed mean."""
     from tune_losses.config import best_metric_name
     from tune_losses.report import print_leaderboard
     from tune_losses.tracking import (
@@ -357,7 +373,7 @@ def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> i
     trials = load_trials(tracker.client, parent)
     objectives = ranking(parent)
     by_id = {(r.metrics or {}).get("trial_id"): r for r in results}
-    ok = [t for t in trials if t.status == "FINISHED" and math.isfinite(t.best)]
+    ok = [t for t in trials if t.status == "FINISHED" and math.isfinite(t.best) and not t.baseline]
     winners = [t for t in ok if t.pareto] if len(objectives) > 1 else ok[:1]
     configs = {}
     for t in winners:
@@ -368,30 +384,39 @@ def _summarize(search: _Search, tracker: Any, results: Any, scheduler: str) -> i
     best = {}
     if ok:
         best = {best_metric_name(objectives[0][0]): ok[0].best, "best_trial": ok[0].trial_id}
+    if confirmed is not None:
+        configs, best = confirmed_best(confirmed, configs, best)
     if len(objectives) > 1:
         configs["pareto.csv"] = leaderboard_csv(leaderboard_rows(winners))
     tracker.attach({k: v for k, v in configs.items() if k != "best_config.yaml"})
     tracker.finish(leaderboard_csv(leaderboard_rows(trials)), configs.get("best_config.yaml"), best)
-    out = _tell_story(search, tracker, trials)
+    out = _tell_story(search, tracker, trials, confirmed)
     csv = out / LEADERBOARD if out else f"{LEADERBOARD} of run {tracker.parent_id}"
     shown = ", ".join(f"{metric} {mode}" for metric, mode in objectives)
     print_leaderboard(trials, f"Leaderboard of {search.name} (best {shown})", csv=csv)
     for file, text in configs.items():
-        what = "pareto front" if file.endswith(".csv") else "best config"
+        what = {".csv": "table"}.get(Path(file).suffix, "best config")
         print(f"{what}: {run_state.write_text(search.run_dir, file, text)}")
+    if confirmed is not None:
+        from tune_losses.tracking import confirm_story
+
+        print("\n".join(confirm_story(confirmed[0], confirmed[1]["split"])).strip())
     uri = search.state["tracking_uri"]
     print(f"review it:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
     return 0 if ok else 1
 
 
-def _tell_story(search: _Search, tracker: Any, trials: list[Any]) -> Path | None:
-    """The parent's description, counts and the report's files (plots, ``report.html``),
+def _tell_story(
+    search: _Search, tracker: Any, trials: list[Any], confirmed: Any = None
+) -> Path | None:
+    """The parent's description (with the confirm stage's section), counts and the report's
+    files (plots, ``report.html``),
     written to ``<run folder>/report`` on local storage; returns that folder (None when
     the report could not be written: the search's results stand, so it only warns)."""
     from mlflow.exceptions import MlflowException
 
     from tune_losses.report import log_report, search_trust, write_report
-    from tune_losses.tracking import BEST_CONFIG, REPORT_DIR, TRIALS_DUPLICATE
+    from tune_losses.tracking import BEST_CONFIG, REPORT_DIR, TRIALS_DUPLICATE, confirm_story
     from tune_losses.tune.intensify import DONE_FILE
 
     config = Path(search.run_dir) / BEST_CONFIG
@@ -416,13 +441,16 @@ def _tell_story(search: _Search, tracker: Any, trials: list[Any]) -> Path | None
                     f"{counts[TRIALS_DUPLICATE]:.0f} proposals repeated a configuration "
                     "already trained: Optuna was told its stored value, nothing was retrained."
                 )
-        tracker.tell_story(trials, command, retrain, notes=notes, counts=counts)
+        outcome, sections = None, []
+        if confirmed is not None:
+            outcome, sections = confirmed[0], confirm_story(confirmed[0], confirmed[1]["split"])
+        tracker.tell_story(trials, command, retrain, notes=notes, counts=counts, sections=sections)
         with contextlib.ExitStack() as stack:
             if search.local:
                 out = Path(search.run_dir) / REPORT_DIR
             else:
                 out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            files = write_report(tracker.client, parent, trials, out, trust=trust)
+            files = write_report(tracker.client, parent, trials, out, trust=trust, confirm=outcome)
             log_report(tracker.client, parent, files)
     except (MlflowException, OSError, ValueError, RuntimeError) as exc:
         print(
@@ -445,16 +473,19 @@ def run_search(args: argparse.Namespace, space: SearchSpace, search: _Search | N
         tracker.abort("FAILED")
         raise
     try:
-        results = _fit(args, space, search, tracker)
-        if tracker.open_children() or not _all_started(search, space, results):
-            tracker.abort("KILLED")
-            print(
-                f"search interrupted; continue it with: {resume_command(args, search)}",
-                file=sys.stderr,
-            )
-            return 130
+        _start_ray(args, space)
+        results: Any = []
+        if search.state.get(STAGE_KEY) != "confirm":
+            results = _fit(args, space, search, tracker)
+            if tracker.open_children() or not _all_started(search, space, results):
+                return _interrupted(args, search, tracker)
+        confirmed = None
+        if space.experiment.search.confirm is not None:
+            confirmed = confirm_stage(space, search.run_dir, search.state, tracker, results)
+            if confirmed is None:
+                return _interrupted(args, search, tracker)
         print(f"search {search.name}: every trial ended; writing the summary", flush=True)
-        code = _summarize(search, tracker, results, space.experiment.search.scheduler)
+        code = _summarize(search, tracker, results, space.experiment.search.scheduler, confirmed)
     except KeyboardInterrupt:
         tracker.abort("KILLED")
         raise
@@ -467,6 +498,13 @@ def run_search(args: argparse.Namespace, space: SearchSpace, search: _Search | N
     if code != 0:
         _say_first_failure(tracker)
     return code
+
+
+def _interrupted(args: argparse.Namespace, search: _Search, tracker: Any) -> int:
+    """End the open runs KILLED and print the command that resumes the search: exit 130."""
+    tracker.abort("KILLED")
+    print(f"search interrupted; continue it with: {resume_command(args, search)}", file=sys.stderr)
+    return 130
 
 
 def _all_started(search: _Search, space: SearchSpace, results: Any) -> bool:
@@ -498,6 +536,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resumed = resume_settings(args) if args.resume and not args.dry_run else None
         space = load_space(args)
         preflight(space.variants, space.source)
+        check_split(space)
         if not args.address:  # local Ray sees the GPUs torch sees: refuse before any run
             check_resources(space, {"GPU": float(torch.cuda.device_count())}, "this machine")
         if args.dry_run:

@@ -14,6 +14,9 @@ then ``Searcher.FINISHED`` (Ray is given an unbounded ``num_samples``).
 - Duplicates: a proposal whose concrete experiment (after the space's own resolution)
   was already trained at the same seed is not trained again; Optuna is told the stored
   outcome at once (its epochs, COMPLETE or PRUNED), the trial tagged ``duplicate_of``.
+- Baselines (``search.baselines``): handed out first, each at the training seed (and, with
+  repeats, at the repeat seeds too, so that a baseline is a seed mean like a contender),
+  their config marked ``baseline``; never told to Optuna, never judged by the scheduler.
 - Start-up: with TPE, once ``n_startup_trials`` configurations are out, no further one is
   asked until they have all ended (TPE counts finished trials only, so parallel trials
   would otherwise draw more random configurations than asked).
@@ -30,6 +33,7 @@ from ray.tune.search import Searcher
 
 from tune_losses.tune.trainable import EXPERIMENT_KEY, trial_values
 
+BASELINE_KEY = "baseline"  # in a baseline's config: its name in search.baselines
 REPEAT_KEY = "repeat_of"  # in a repeat's config: the trial id of the configuration's first run
 DUPLICATE_ATTR = "duplicate_of"  # Optuna user attr of a proposal answered from a stored run
 DONE_FILE = "search_done.json"  # in the run folder once the searcher has handed out its budget
@@ -52,6 +56,7 @@ class Intensifier(Searcher):
         repeats: int = 1,
         startup: int = 0,
         run_dir: str | None = None,
+        baselines: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         super().__init__(metric=searcher.metric, mode=searcher.mode)
         self.searcher = searcher
@@ -70,12 +75,20 @@ class Intensifier(Searcher):
         self._duplicates = 0
         self._incumbent: float | None = None
         self._exhausted = False
+        # baselines to start: (name, its experiment, seed), first runs before their repeats
+        self._baselines: list[tuple[str, dict[str, Any], int]] = []
+        for k in range(repeats):
+            for name, exp in (baselines or {}).items():
+                self._baselines.append((name, exp, int(exp["train"]["seed"]) + k))
+        self._base_first: dict[str, str] = {}  # baseline name -> trial id of its first run
 
     # ------------------------------------------------------------------ Ray's Searcher API
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict) -> bool:
         return self.searcher.set_search_properties(metric, mode, config)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self._baselines:
+            return self._baseline(trial_id)
         if self._pending:
             first, seed = self._pending.pop(0)
             config = copy.deepcopy(self._config[first])
@@ -162,6 +175,19 @@ class Intensifier(Searcher):
         return list(self._held.get(trial_id, ({}, []))[1])
 
     # ------------------------------------------------------------------ internals
+    def _baseline(self, trial_id: str) -> dict[str, Any]:
+        """The next baseline run's config: its experiment at its seed, marked as a baseline
+        (and, at a repeat seed, as a repeat of the baseline's first run)."""
+        name, exp, seed = self._baselines.pop(0)
+        experiment = copy.deepcopy(exp)
+        experiment["train"]["seed"] = seed
+        config: dict[str, Any] = {EXPERIMENT_KEY: experiment, BASELINE_KEY: name}
+        if name in self._base_first:
+            config[REPEAT_KEY] = self._base_first[name]
+        else:
+            self._base_first[name] = trial_id
+        return config
+
     def _value(self, result: dict[str, Any] | None, error: bool) -> float:
         value = (result or {}).get(self.searcher.metric)
         return float(value) if value is not None and not error else math.nan

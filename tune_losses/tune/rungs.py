@@ -18,7 +18,7 @@ from ray.tune.schedulers import ASHAScheduler, TrialScheduler
 from tune_losses.config import Experiment
 from tune_losses.losses.spec import settles_at
 from tune_losses.schedules import played_epoch
-from tune_losses.tune.intensify import REPEAT_KEY
+from tune_losses.tune.intensify import BASELINE_KEY, REPEAT_KEY
 from tune_losses.tune.trainable import EXPERIMENT_KEY, trial_values
 
 
@@ -31,7 +31,7 @@ def first_judged_epoch(config: dict[str, Any]) -> int:
 class ScheduleAwareASHA(ASHAScheduler):
     """:class:`ASHAScheduler` that lets a trial pass every rung below the one where its
     weight schedules have played (see the module docstring; ``schedule_aware=False``:
-    plain ASHA), and never judges a repeat of a contender at another seed."""
+    plain ASHA), and never judges a baseline or a repeat of a contender at another seed."""
 
     def __init__(self, *, schedule_aware: bool = True, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -44,7 +44,7 @@ class ScheduleAwareASHA(ASHAScheduler):
 
     def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
         super().on_trial_add(tune_controller, trial)
-        if REPEAT_KEY in trial.config:  # a contender's further seed: never judged, never pruned
+        if REPEAT_KEY in trial.config or BASELINE_KEY in trial.config:  # never judged or pruned
             self._judged_from[trial.trial_id] = self._max_t
             return
         played = first_judged_epoch(trial.config) if self.schedule_aware else 0

@@ -25,6 +25,8 @@ from tune_losses.config import Experiment
 from tune_losses.engine import Trainer
 
 EXPERIMENT_KEY = "experiment"
+CONFIRM_KEY = "confirm"  # in a confirm run's config: its arm (``t03``, ``base ce``)
+SPLIT_KEY = "confirm_split"  # in a confirm run's config: the split its final weights score on
 MEMBER_KEY = "member"  # PBT/PB2: a member's sampled values and experiment, under one key
 ORIGIN_FILE = "origin.json"  # which trial wrote a checkpoint, at which epoch
 CLONED_FROM = "pbt/cloned_from"  # in the first result after a PBT exploit: "<trial>@<epoch>"
@@ -65,8 +67,11 @@ def trial_values(config: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def train_trial(config: dict[str, Any]) -> None:
-    """Train the concrete experiment of the trial's config, reporting each epoch."""
-    exp = Experiment.model_validate(trial_values(config)[EXPERIMENT_KEY])
+    """Train the concrete experiment of the trial's config, reporting each epoch (a confirm
+    run's last epoch also holds its final weights' scores on its split)."""
+    values = trial_values(config)
+    exp = Experiment.model_validate(values[EXPERIMENT_KEY])
+    split = values.get(SPLIT_KEY)
     if exp.train.threads is None:
         cpus = ray.get_runtime_context().get_assigned_resources().get("CPU", 1.0)
         torch.set_num_threads(max(1, int(cpus)))
@@ -87,6 +92,8 @@ def train_trial(config: dict[str, Any]) -> None:
         if origin.get("trial_id") not in (None, me):  # PBT cloned this trial from another
             result[CLONED_FROM] = f"{origin['trial_id']}@{origin['epoch']}"
         origin = {}
+        if split not in (None, "val") and _last_epoch(trainer):
+            result.update(split_scores(trainer, split))
         result.update(where)
         where = {}
         with tempfile.TemporaryDirectory() as directory:
@@ -106,3 +113,18 @@ def _epochs(trainer: Trainer) -> Iterator[dict[str, Any]]:
     except (FloatingPointError, torch.OutOfMemoryError) as exc:
         reason = failure_reason(exc, trainer.epoch + 1)
         raise TrialFailed(reason) from None
+
+
+def _last_epoch(trainer: Trainer) -> bool:
+    """Whether the epoch just trained is the run's last (its schedule's end, or patience)."""
+    return trainer.epoch >= trainer.exp.train.last_epoch() or trainer.stopped_early
+
+
+def split_scores(trainer: Trainer, split: str) -> dict[str, float]:
+    """The trainer's current weights scored on ``split`` (a data folder, e.g. ``test``):
+    :meth:`Trainer.evaluate`'s metrics renamed from ``val/...`` to ``<split>/...``."""
+    from tune_losses.data import build_split_loader
+
+    loader = build_split_loader(trainer.exp.data, split, device_type=trainer.device.type)
+    scores, _ = trainer.evaluate(loader=loader)
+    return {f"{split}/{k.removeprefix('val/')}": v for k, v in scores.items()}

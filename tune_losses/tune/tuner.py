@@ -252,6 +252,7 @@ def new_tuner(
         repeats=search.repeats,
         startup=search.startup_trials if tpe else 0,
         run_dir=join(results, name),
+        baselines={k: v.model_dump(mode="json") for k, v in space.baselines().items()},
     )
     return tune.Tuner(
         trainable,

@@ -1,0 +1,177 @@
+"""Baselines and the confirm stage without training: config checks, the Intensifier's
+baselines, the arms, the seeds, the winner and the paired interval (issue 19)."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+
+import optuna
+import pytest
+from scipy.stats import t as student_t
+
+from conftest import write_space
+from tune_losses.config import ConfigError
+from tune_losses.space import SearchSpace
+from tune_losses.tiny import tiny_experiment
+from tune_losses.tracking import ConfirmArm, TrialRecord, confirm_outcome, paired_interval
+from tune_losses.tune.cli import main
+from tune_losses.tune.confirm import fresh_seeds, pick_arms, score_metric, trial_configs
+from tune_losses.tune.intensify import BASELINE_KEY, REPEAT_KEY, Intensifier
+from tune_losses.tune.trainable import CONFIRM_KEY, EXPERIMENT_KEY, SPLIT_KEY
+from tune_losses.tune.tuner import TellingOptunaSearch
+
+CE = {"decode": {"ce": {"weight": 1.0}}}
+
+
+def space_with(**search: object) -> SearchSpace:
+    raw = tiny_experiment(train={"epochs": 2, "lr": 0.01, "seed": 5})
+    raw["loss"] = {"decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0, 1]}}}}
+    raw["search"] = search
+    return SearchSpace(raw, source="space.yaml")
+
+
+# ------------------------------------------------------------------ config
+
+
+@pytest.mark.parametrize(
+    ("search", "message"),
+    [
+        (
+            {"baselines": {"ce": {"decode": {"cee": {"weight": 1.0}}}}},
+            "space.yaml: search.baselines.ce.decode.cee: unknown loss 'cee'",
+        ),
+        (
+            {"baselines": {"ce": {"decode": {"ce": {"weight": -1}}}}},
+            "space.yaml: search.baselines.ce.decode.ce.weight: Input should be greater",
+        ),
+        (
+            {"baselines": {"ce": {"decode": {"ce": {"weight": {"uniform": [0, 1]}}}}}},
+            "space.yaml: search.baselines.ce: no search markers here",
+        ),
+        ({"baselines": {"ce": CE}, "scheduler": "pbt"}, "baselines: not with scheduler pbt"),
+        ({"confirm": {"seeds": 1}}, "search.confirm.seeds: Input should be greater than or"),
+        ({"confirm": {"top_k": 2}, "metric": "train/loss", "mode": "min"}, "confirm: needs"),
+        ({"confirm": {"top_k": 2, "split": {"choice": ["a", "b"]}}}, "no search markers"),
+    ],
+)
+def test_bad_baselines_and_confirm_are_one_line_errors(search: dict, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        space_with(**search)
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_baseline_is_the_space_with_its_loss_replaced() -> None:
+    space = space_with(baselines={"ce": CE}, confirm={"top_k": 1, "seeds": 3})
+    ((name, exp),) = space.baselines().items()
+    assert name == "ce" and list(exp.loss["decode"]) == ["ce"]
+    assert exp.train.seed == 5 and exp.search.confirm.split == "val"
+
+
+def test_a_split_the_data_lacks_is_refused_before_anything_is_written(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    space = write_space(
+        tmp_path / "space.yaml", search={"num_samples": 2, "confirm": {"split": "test"}}
+    )
+    assert main(["--space", str(space)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {space}: search.confirm.split: ") and "\n" not in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
+
+
+# ------------------------------------------------------------------ the Intensifier
+
+
+def test_baselines_are_handed_out_first_at_every_repeat_seed() -> None:
+    space = space_with(baselines={"ce": CE, "ce2": CE})
+    inner = TellingOptunaSearch(
+        space=space.define_by_run(),
+        metric="best_val_mIoU",
+        mode="max",
+        sampler=optuna.samplers.RandomSampler(seed=0),
+    )
+    baselines = {k: v.model_dump(mode="json") for k, v in space.baselines().items()}
+    s = Intensifier(inner, configs=1, repeats=2, baselines=baselines)
+    configs = [s.suggest(t) for t in ("a", "b", "c", "d", "e")]
+    marks = [(c.get(BASELINE_KEY), c.get(REPEAT_KEY)) for c in configs[:4]]
+    assert marks == [("ce", None), ("ce2", None), ("ce", "a"), ("ce2", "b")]
+    assert [c[EXPERIMENT_KEY]["train"]["seed"] for c in configs[:4]] == [5, 5, 6, 6]
+    assert BASELINE_KEY not in configs[4] and len(inner._ot_study.trials) == 1  # Optuna's
+
+
+# ------------------------------------------------------------------ arms and seeds
+
+
+def record(name: str, trial_id: str, best: float, **tags: str) -> TrialRecord:
+    return TrialRecord(
+        "r" + trial_id,
+        name,
+        "FINISHED",
+        "completed",
+        "2",
+        best,
+        {},
+        [],
+        trial_id=trial_id,
+        tags=dict(tags),
+    )
+
+
+def test_the_arms_are_the_top_k_configurations_and_every_baseline() -> None:
+    trials = [
+        record("t02 dice", "b", 60.0),
+        record("base ce", "x", 58.0, baseline="ce"),
+        record("t01", "a", 55.0),
+        record("t03", "c", 50.0),
+        record("t02 seed 1", "b1", 61.0, repeat_of="b"),
+    ]
+    exp = {"train": {"seed": 0}}
+    configs = {t.trial_id: {EXPERIMENT_KEY: exp, "p": 1} for t in trials}
+    configs["x"] = {EXPERIMENT_KEY: exp, BASELINE_KEY: "ce"}
+    arms = pick_arms(trials, configs, top_k=2)
+    assert [a["label"] for a in arms] == ["t02", "t01", "base ce"]
+    doc = {"arms": arms, "seeds": [2, 3], "split": "test"}
+    runs = trial_configs(doc)
+    assert len(runs) == 6 and {r[EXPERIMENT_KEY]["train"]["seed"] for r in runs} == {2, 3}
+    assert {r[CONFIRM_KEY] for r in runs} == {"t02", "t01", "base ce"}
+    assert all(r[SPLIT_KEY] == "test" for r in runs)
+    assert arms[0]["config"][EXPERIMENT_KEY]["train"]["seed"] == 0  # the plan is not changed
+
+
+def test_fresh_seeds_skip_every_seed_the_search_used() -> None:
+    assert fresh_seeds([0, 0], repeats=1, count=3) == [1, 2, 3]
+    assert fresh_seeds([4, 0], repeats=3, count=2) == [7, 8]  # 4, 5, 6 searched
+    assert score_metric("val/mIoU", "test") == "test/mIoU"
+
+
+# ------------------------------------------------------------------ winner and interval
+
+
+def test_the_paired_interval_is_the_t_interval_of_the_differences() -> None:
+    d = [1.0, 2.5, 0.5, 3.0]
+    mean, low, high = paired_interval(d)
+    half = student_t.ppf(0.975, 3) * statistics.stdev(d) / math.sqrt(4)
+    assert mean == pytest.approx(1.75)
+    assert (low, high) == pytest.approx((1.75 - half, 1.75 + half))
+    with pytest.raises(ValueError, match="two or more"):
+        paired_interval([1.0])
+
+
+def test_the_winner_is_the_best_mean_and_the_gain_pairs_common_seeds() -> None:
+    arms = [
+        ConfirmArm("t01", scores={1: 50.0, 2: 54.0, 3: 52.0}),
+        ConfirmArm("t02", scores={1: 49.0, 2: 50.0, 3: math.nan}),
+        ConfirmArm("base ce", "ce", scores={1: 47.0, 2: 50.0, 3: 49.0}),
+        ConfirmArm("base mf", "mf", scores={1: 40.0, 2: 41.0}),
+    ]
+    out = confirm_outcome(arms, "val/mIoU")
+    assert [a.label for a in out.arms] == ["t01", "t02", "base ce", "base mf"]
+    assert out.winner.label == "t01" and out.baseline.label == "base ce"
+    assert out.gain == pytest.approx(paired_interval([3.0, 4.0, 3.0])) and out.pairs == 3
+    out = confirm_outcome(arms, "train/loss", mode="min")
+    assert out.winner.label == "base mf" and out.searched.label == "t02"
+    assert out.gain == pytest.approx(paired_interval([9.0, 9.0]))
+    assert confirm_outcome(arms[:2], "val/mIoU").gain is None

@@ -346,10 +346,12 @@ def ray_results(storage: Path) -> dict[str, list[dict]]:
 
 @pytest.mark.slow
 def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: RayCluster) -> None:
+    # random sampling: both trials start at once (TPE would hold the second back until its
+    # start-up trial has ended), one on each node
     space = write_space(
         tmp_path / "space.yaml",
         train={"epochs": 2, "lr": 0.005},
-        search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo"},
+        search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo", "sampler": "random"},
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     # the driver joins with the head's token file (RAY_AUTH_TOKEN_PATH), in a home of its own
@@ -603,7 +605,13 @@ def test_search_logs_to_a_team_mlflow_on_postgresql(
     space = write_space(
         tmp_path / "space.yaml",
         train={"epochs": epochs, "lr": 0.005},
-        search={"num_samples": 4, "max_concurrent": 4, "cpus_per_trial": 0.5, "scheduler": "fifo"},
+        search={
+            "num_samples": 4,
+            "max_concurrent": 4,
+            "cpus_per_trial": 0.5,
+            "scheduler": "fifo",
+            "sampler": "random",  # four at once (TPE holds back all but its start-up trial)
+        },
     )
     url = mlflow_postgres_server.url
     proc = run_cli(
@@ -667,7 +675,13 @@ def test_a_trial_survives_the_loss_of_its_worker_node(
     space = write_space(
         tmp_path / "space.yaml",
         train={"epochs": epochs, "lr": 0.005, "early_stopping": {"patience": None}},
-        search={"num_samples": 2, "max_concurrent": 2, "cpus_per_trial": 1, "scheduler": "fifo"},
+        search={
+            "num_samples": 2,
+            "max_concurrent": 2,
+            "cpus_per_trial": 1,
+            "scheduler": "fifo",
+            "sampler": "random",  # both at once (TPE holds back all but its start-up trial)
+        },
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     storage = tmp_path / "shared"

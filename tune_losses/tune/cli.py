@@ -298,6 +298,10 @@ def _start_ray(args: argparse.Namespace, space: SearchSpace) -> None:
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Ray's snapshot of the experiment after every step, not every ~10 s: a trial's kept
+    # checkpoints rotate (search.checkpoint_keep), and a snapshot older than the rotation
+    # names a checkpoint the killed run already deleted, which --resume cannot restore
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "0")
     # "local" starts a fresh instance even where `ray start` left a cluster address behind
     ray.init(address=args.address or "local", ignore_reinit_error=True, log_to_driver=False)
     check_resources(space, ray.cluster_resources(), "the Ray cluster")

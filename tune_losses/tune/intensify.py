@@ -189,6 +189,10 @@ class Intensifier(Searcher):
         return config
 
     def _value(self, result: dict[str, Any] | None, error: bool) -> float:
+        """The searcher's metric in ``result`` (NaN for an error, a missing value, or a
+        Pareto search's list of metrics, which has no single value to repeat for)."""
+        if isinstance(self.searcher.metric, list):
+            return math.nan
         value = (result or {}).get(self.searcher.metric)
         return float(value) if value is not None and not error else math.nan
 

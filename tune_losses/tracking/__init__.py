@@ -16,7 +16,8 @@ One job a module, everything re-exported here:
 - :mod:`~tune_losses.tracking.names`: tag, metric and file names; a trial's params, run
   name, metrics and how it ended;
 - :mod:`~tune_losses.tracking.writers`: a client on one experiment, :class:`RunLogger`;
-- :mod:`~tune_losses.tracking.search_tracker`: :class:`SearchTracker` (parent and children);
+- :mod:`~tune_losses.tracking.search_tracker`: :class:`SearchTracker`, the parent run, on
+  :mod:`~tune_losses.tracking.child_runs` (a child run per trial);
 - :mod:`~tune_losses.tracking.provenance`: package versions and the git commit;
 - :mod:`~tune_losses.tracking.readers`: the store, the parent, :func:`load_trials`;
 - :mod:`~tune_losses.tracking.leaderboard`: ranking, Pareto front, rows, CSV, short names;

@@ -71,6 +71,33 @@ def run_cli(cwd: Path, *args: str, path: str = "") -> subprocess.CompletedProces
     )
 
 
+@dataclass
+class Searched:
+    """A finished search through the CLI: its store, its run folder and what it printed."""
+
+    uri: str
+    run_dir: Path
+    out: str
+
+    def study(self) -> Any:
+        """The search's stored Optuna study (``<run dir>/optuna.db``)."""
+        import optuna
+
+        storage = optuna.storages.RDBStorage(f"sqlite:///{self.run_dir / 'optuna.db'}")
+        return optuna.load_study(study_name=self.run_dir.name, storage=storage)
+
+
+def search_in(root: Path, space: Path) -> Searched:
+    """``python -m tune_losses.search`` on ``space`` in ``root`` (experiment ``e2e``, a
+    sqlite store and ``--storage root/ray``), which must exit 0."""
+    uri = f"sqlite:///{root / 'mlruns.db'}"
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    proc = run_cli(root, *args, "--storage", str(root / "ray"))
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    (run_dir,) = (root / "ray").iterdir()
+    return Searched(uri, run_dir, proc.stdout)
+
+
 def runs_of(uri: str) -> tuple[MlflowClient, list, list]:
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("e2e")

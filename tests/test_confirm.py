@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 import yaml
 from scipy.stats import t as student_t
 
-from conftest import run_cli, run_notebook, runs_of, write_space
+from conftest import Searched, run_notebook, runs_of, search_in, write_space
 
 EPOCHS = 2
 SEED = 0
@@ -22,15 +21,8 @@ BASELINES = {
 }
 
 
-@dataclass
-class Confirmed:
-    uri: str
-    run_dir: Path
-    out: str
-
-
 @pytest.fixture(scope="module")
-def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Confirmed:
+def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Searched:
     """2 searched configurations + 2 baselines (2 epochs, FIFO), then 4 arms x 2 seeds."""
     root = tmp_path_factory.mktemp("confirm")
     space = write_space(
@@ -46,12 +38,7 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Confirmed:
         },
         loss={"decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}}},
     )
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    proc = run_cli(root, *args, "--storage", str(root / "ray"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (run_dir,) = (root / "ray").iterdir()
-    return Confirmed(uri, run_dir, proc.stdout)
+    return search_in(root, space)
 
 
 def _confirm_runs(children: list) -> list:
@@ -59,7 +46,7 @@ def _confirm_runs(children: list) -> list:
 
 
 @pytest.mark.slow
-def test_baselines_ran_every_epoch_and_are_never_the_best_trial(confirmed: Confirmed) -> None:
+def test_baselines_ran_every_epoch_and_are_never_the_best_trial(confirmed: Searched) -> None:
     client, (parent,), children = runs_of(confirmed.uri)
     search = [c for c in children if "confirm" not in c.data.tags]
     base = {c.data.tags["baseline"]: c for c in search if "baseline" in c.data.tags}
@@ -81,7 +68,7 @@ def test_baselines_ran_every_epoch_and_are_never_the_best_trial(confirmed: Confi
 
 
 @pytest.mark.slow
-def test_confirm_runs_used_fresh_seeds_and_every_arm(confirmed: Confirmed) -> None:
+def test_confirm_runs_used_fresh_seeds_and_every_arm(confirmed: Searched) -> None:
     _, _, children = runs_of(confirmed.uri)
     searched_seeds = {
         int(c.data.params["train.seed"]) for c in children if "confirm" not in c.data.tags
@@ -99,7 +86,7 @@ def test_confirm_runs_used_fresh_seeds_and_every_arm(confirmed: Confirmed) -> No
 
 @pytest.mark.slow
 def test_the_winner_is_the_best_confirmed_mean_and_the_interval_matches(
-    confirmed: Confirmed, tmp_path: Path
+    confirmed: Searched, tmp_path: Path
 ) -> None:
     client, (parent,), children = runs_of(confirmed.uri)
     tmp = tmp_path
@@ -138,12 +125,12 @@ def test_the_winner_is_the_best_confirmed_mean_and_the_interval_matches(
     confirm_csv = (confirmed.run_dir / "confirm.csv").read_text()
     assert winner in confirm_csv.splitlines()[1]
     html = (confirmed.run_dir / "report" / "report.html").read_text()
-    assert "Confirmed at fresh seeds" in html
+    assert "Searched at fresh seeds" in html
 
 
 @pytest.mark.slow
 def test_the_notebook_shows_the_baselines_and_the_confirmed_arms(
-    confirmed: Confirmed, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    confirmed: Searched, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     nb = run_notebook(confirmed.uri, "e2e", tmp_path, monkeypatch)
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]

@@ -6,13 +6,11 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 
-import optuna
 import pytest
 
-from conftest import run_cli, runs_of, write_space
+from conftest import Searched, runs_of, search_in, write_space
 from tune_losses.report import main as report_main
 from tune_losses.tune.intensify import DUPLICATE_ATTR
 
@@ -32,13 +30,6 @@ LOSS = {
 }
 
 
-@dataclass
-class Searched:
-    uri: str
-    run_dir: Path
-    out: str
-
-
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
     """6 configurations in the space, 7 asked, repeats 2, ASHA from epoch 1 (rungs 1, 2)."""
@@ -56,17 +47,7 @@ def searched(tmp_path_factory: pytest.TempPathFactory) -> Searched:
         },
         loss=LOSS,
     )
-    uri = f"sqlite:///{root / 'mlruns.db'}"
-    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    proc = run_cli(root, *args, "--storage", str(root / "ray"))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    (run_dir,) = (root / "ray").iterdir()
-    return Searched(uri, run_dir, proc.stdout)
-
-
-def study(run_dir: Path) -> optuna.Study:
-    storage = optuna.storages.RDBStorage(f"sqlite:///{run_dir / 'optuna.db'}")
-    return optuna.load_study(study_name=run_dir.name, storage=storage)
+    return search_in(root, space)
 
 
 def config_of(child) -> tuple[str, ...]:
@@ -101,7 +82,7 @@ def test_the_incumbent_ran_at_two_seeds_and_optuna_holds_its_mean(searched: Sear
     assert parent.data.metrics["best_val_mIoU"] == pytest.approx(means[incumbent])
     assert parent.data.metrics["trials_repeated"] == len(repeats)
     # Optuna was told each repeated configuration's seed mean, once
-    told = [t for t in study(searched.run_dir).trials if DUPLICATE_ATTR not in t.user_attrs]
+    told = [t for t in searched.study().trials if DUPLICATE_ATTR not in t.user_attrs]
     assert len(told) == len(firsts)
     for t in told:
         first = next(c for c in firsts if config_of(c) == _config_of_params(t.params))
@@ -141,7 +122,7 @@ def test_no_configuration_is_trained_twice_at_one_seed(searched: Searched) -> No
     trained = [(config_of(c), c.data.params["train.seed"]) for c in children]
     assert len(trained) == len(set(trained))
     assert len({config_of(c) for c in children if "repeat_of" not in c.data.tags}) == 6
-    trials = study(searched.run_dir).trials
+    trials = searched.study().trials
     duplicates = [t for t in trials if DUPLICATE_ATTR in t.user_attrs]
     assert duplicates and parents[0].data.metrics["trials_duplicate"] == len(duplicates)
     for dup in duplicates:  # told what the configuration's first run was told

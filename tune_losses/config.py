@@ -8,6 +8,7 @@ has defaults.
 
 from __future__ import annotations
 
+import argparse
 import copy
 import difflib
 from collections.abc import Mapping, Sequence
@@ -515,6 +516,14 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def add_overrides_flag(parser: argparse.ArgumentParser, help: str) -> None:
+    """The ``--set KEY=VALUE`` flag of every CLI (repeatable, into ``overrides``), which
+    :func:`apply_overrides` applies."""
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE", help=help
+    )
 
 
 def apply_overrides(raw: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tune_losses.config import ConfigError, Experiment, load_experiment
+from tune_losses.config import ConfigError, Experiment, add_overrides_flag, load_experiment
 from tune_losses.data import DataError
 
 SEARCH_STATE = "tune_losses.json"  # tune/state.py's STATE_FILE (the Ray edge is not imported)
@@ -89,14 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="score the split's first N images only (default: all of a split other than the "
         "run's train and val, which keep data.max_train / data.max_val)",
     )
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override the run's config, e.g. data.root=... when the data moved",
-    )
+    add_overrides_flag(p, "override the run's config, e.g. data.root=... when the data moved")
     p.add_argument(
         "--out", type=Path, metavar="FILE", help="JSON file (default <folder>/eval_<split>.json)"
     )

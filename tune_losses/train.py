@@ -15,7 +15,13 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from tune_losses.config import ConfigError, dump_experiment, flatten, load_experiment
+from tune_losses.config import (
+    ConfigError,
+    add_overrides_flag,
+    dump_experiment,
+    flatten,
+    load_experiment,
+)
 from tune_losses.data import DataError
 
 
@@ -23,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The command-line flags of ``python -m tune_losses.train``."""
     p = argparse.ArgumentParser(prog="python -m tune_losses.train", description=__doc__)
     p.add_argument("--config", required=True, type=Path, help="experiment YAML (no markers)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    add_overrides_flag(p, "override a config value, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--out", type=Path, help="folder for the history, summary and last state")
     p.add_argument("--mlflow", action="store_true", help="also log the run to tracking.uri")
     return p

@@ -25,7 +25,7 @@ from typing import Any, NoReturn
 import torch
 import yaml
 
-from tune_losses.config import ConfigError, apply_overrides, read_yaml
+from tune_losses.config import ConfigError, add_overrides_flag, apply_overrides, read_yaml
 from tune_losses.data import DataError
 from tune_losses.engine import preflight
 from tune_losses.space import SearchSpace
@@ -41,14 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--space", required=True, type=Path, help="search-space YAML file")
     p.add_argument("--num-samples", type=int, help="trials to run (search.num_samples)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set train.epochs=2 (repeatable)",
-    )
+    add_overrides_flag(p, "override a config value, e.g. --set train.epochs=2 (repeatable)")
     p.add_argument("--address", help="Ray cluster to join ('auto' or host:port); local if unset")
     p.add_argument("--storage", help="Ray results folder; shared (NFS, S3) on a multi-node cluster")
     p.add_argument("--tracking-uri", help="MLflow tracking URI (tracking.uri)")

@@ -10,15 +10,12 @@ import argparse
 import atexit
 import contextlib
 import json
-import math
 import os
 import shlex
 import signal
 import sys
-import tempfile
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -30,7 +27,9 @@ from tune_losses.data import DataError
 from tune_losses.engine import preflight
 from tune_losses.space import SearchSpace
 from tune_losses.tune import state as run_state
-from tune_losses.tune.confirm import STAGE_KEY, check_split, confirm_stage, confirmed_best
+from tune_losses.tune.confirm import STAGE_KEY, check_split, confirm_stage
+from tune_losses.tune.state import SearchRun
+from tune_losses.tune.summary import say_first_failure, summarize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -126,20 +125,6 @@ def check_resources(space: SearchSpace, available: Mapping[str, float], where: s
             )
 
 
-@dataclass
-class _Search:
-    """One search being run: where its files go and what ``--resume`` needs."""
-
-    name: str
-    storage: str
-    run_dir: str  # a path or a URI (run_state reads and writes both through pyarrow.fs)
-    state: dict[str, Any]
-
-    @property
-    def local(self) -> bool:
-        return not run_state.is_uri(self.storage)
-
-
 # --flag -> (argparse attribute, key of the saved state): the settings a search saves and
 # --resume restores (omitted) or checks (repeated)
 RESUMED_FLAGS = {
@@ -153,7 +138,7 @@ RESUMED_FLAGS = {
 }
 
 
-def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
+def _locate(args: argparse.Namespace, space: SearchSpace) -> SearchRun:
     """The run folder and state: a new search's, or the saved one for ``--resume``."""
     storage = run_state.storage_root(args.storage)
     if args.address and "://" not in storage:
@@ -182,10 +167,10 @@ def _locate(args: argparse.Namespace, space: SearchSpace) -> _Search:
     }
     if not run_state.is_uri(storage) and exp.search.optuna_storage is None:
         state["study"] = run_state.STUDY_FILE  # checked on --resume
-    return _Search(name, storage, run_state.join(storage, name), state)
+    return SearchRun(name, storage, run_state.join(storage, name), state)
 
 
-def resume_settings(args: argparse.Namespace) -> _Search:
+def resume_settings(args: argparse.Namespace) -> SearchRun:
     """The saved search ``--resume`` names, its settings put into ``args`` where the command
     omits them (``--set``, ``--seed``, ``--scheduler``, ...), so the space loads as it did;
     refused in one line where the command contradicts it (another space file, other
@@ -204,7 +189,7 @@ def resume_settings(args: argparse.Namespace) -> _Search:
     for attr, key in RESUMED_FLAGS.values():
         if getattr(args, attr) is None and state.get(key) is not None:
             setattr(args, attr, state[key])
-    return _Search(name, storage, run_dir, state)
+    return SearchRun(name, storage, run_dir, state)
 
 
 def _command_parts(args: argparse.Namespace, storage: str | None) -> list[str]:
@@ -234,12 +219,12 @@ def reproduce_command(args: argparse.Namespace) -> str:
     return shlex.join(_command_parts(args, args.storage))
 
 
-def resume_command(args: argparse.Namespace, search: _Search) -> str:
+def resume_command(args: argparse.Namespace, search: SearchRun) -> str:
     """The command line that resumes this search, naming every setting it runs with."""
     return shlex.join([*_command_parts(args, search.storage), "--resume", search.name])
 
 
-def _connect(search: _Search) -> Any:
+def _connect(search: SearchRun) -> Any:
     """The search's MLflow tracker on the store its state names (nothing opened yet)."""
     from mlflow.exceptions import MlflowException
 
@@ -260,7 +245,7 @@ def _connect(search: _Search) -> Any:
 
 
 def _open_parent(
-    args: argparse.Namespace, space: SearchSpace, search: _Search, tracker: Any
+    args: argparse.Namespace, space: SearchSpace, search: SearchRun, tracker: Any
 ) -> None:
     """Open the parent run (and save the state for --resume), or reopen it on --resume."""
     if args.resume:
@@ -303,7 +288,7 @@ def _start_ray(args: argparse.Namespace, space: SearchSpace) -> None:
     signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGINT))
 
 
-def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker: Any) -> Any:
+def _fit(args: argparse.Namespace, space: SearchSpace, search: SearchRun, tracker: Any) -> Any:
     """Build (or restore) the Tuner, run every trial; returns Ray's results."""
     from ray import tune
 
@@ -334,130 +319,9 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: _Search, tracker:
     return tuner.fit()
 
 
-def _best_config(result: Any, scheduler: str) -> dict[str, Any]:
-    """The winner's experiment; after PBT/PB2 the lineage it ran (from its last checkpoint)
-    written as phases, so a retrain replays its weights and LR step for step."""
-    from tune_losses.engine import read_summary
-    from tune_losses.tune.pbt import learned_experiment
-    from tune_losses.tune.trainable import EXPERIMENT_KEY, trial_values
-
-    experiment = trial_values(result.config)[EXPERIMENT_KEY]
-    if scheduler not in ("pbt", "pb2") or result.checkpoint is None:
-        return experiment
-    with result.checkpoint.as_directory() as directory:
-        summary = read_summary(directory) or {}
-    return learned_experiment(experiment, summary) if summary.get("lineage") else experiment
-
-
-def _summarize(
-    search: _Search, tracker: Any, results: Any, scheduler: str, confirmed: Any = None
+def run_search(
+    args: argparse.Namespace, space: SearchSpace, search: SearchRun | None = None
 ) -> int:
-    """Leaderboard (from MLflow) printed and logged, best config (or, for several metrics,
-    one per Pareto-front member and ``pareto.csv``) written; returns the exit code. The best
-    trial is the best that is no baseline; after a confirm stage (``confirmed``: its outcome
-    and plan) ``best_config.yaml`` is the arm with the best confirmed mean."""
-    from tune_losses.config import best_metric_name
-    from tune_losses.report import print_leaderboard
-    from tune_losses.tracking import (
-        LEADERBOARD,
-        leaderboard_csv,
-        leaderboard_rows,
-        load_trials,
-        ranking,
-    )
-
-    parent = tracker.client.get_run(tracker.parent_id)
-    trials = load_trials(tracker.client, parent)
-    objectives = ranking(parent)
-    by_id = {(r.metrics or {}).get("trial_id"): r for r in results}
-    ok = [t for t in trials if t.status == "FINISHED" and math.isfinite(t.best) and not t.baseline]
-    winners = [t for t in ok if t.pareto] if len(objectives) > 1 else ok[:1]
-    configs = {}
-    for t in winners:
-        if t.trial_id in by_id:
-            name = f"best_config_{t.trial_id}.yaml" if len(objectives) > 1 else "best_config.yaml"
-            best_config = _best_config(by_id[t.trial_id], scheduler)
-            configs[name] = yaml.safe_dump(best_config, sort_keys=False)
-    best = {}
-    if ok:
-        best = {best_metric_name(objectives[0][0]): ok[0].best, "best_trial": ok[0].trial_id}
-    if confirmed is not None:
-        configs, best = confirmed_best(confirmed, configs, best)
-    if len(objectives) > 1:
-        configs["pareto.csv"] = leaderboard_csv(leaderboard_rows(winners))
-    tracker.attach({k: v for k, v in configs.items() if k != "best_config.yaml"})
-    tracker.finish(leaderboard_csv(leaderboard_rows(trials)), configs.get("best_config.yaml"), best)
-    out = _tell_story(search, tracker, trials, confirmed)
-    csv = out / LEADERBOARD if out else f"{LEADERBOARD} of run {tracker.parent_id}"
-    shown = ", ".join(f"{metric} {mode}" for metric, mode in objectives)
-    print_leaderboard(trials, f"Leaderboard of {search.name} (best {shown})", csv=csv)
-    for file, text in configs.items():
-        what = {".csv": "table"}.get(Path(file).suffix, "best config")
-        print(f"{what}: {run_state.write_text(search.run_dir, file, text)}")
-    if confirmed is not None:
-        from tune_losses.tracking import confirm_story
-
-        print("\n".join(confirm_story(confirmed[0], confirmed[1]["split"])).strip())
-    uri = search.state["tracking_uri"]
-    print(f"review it:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
-    return 0 if ok else 1
-
-
-def _tell_story(
-    search: _Search, tracker: Any, trials: list[Any], confirmed: Any = None
-) -> Path | None:
-    """The parent's description (with the confirm stage's section), counts and the report's
-    files (plots, ``report.html``),
-    written to ``<run folder>/report`` on local storage; returns that folder (None when
-    the report could not be written: the search's results stand, so it only warns)."""
-    from mlflow.exceptions import MlflowException
-
-    from tune_losses.report import log_report, search_trust, write_report
-    from tune_losses.tracking import BEST_CONFIG, REPORT_DIR, TRIALS_DUPLICATE, confirm_story
-    from tune_losses.tune.intensify import DONE_FILE
-
-    config = Path(search.run_dir) / BEST_CONFIG
-    if search.local:
-        retrain = f"python -m tune_losses.train --config {shlex.quote(str(config))}"
-    else:
-        retrain = (
-            f"MLFLOW_TRACKING_URI={shlex.quote(search.state['tracking_uri'])} mlflow artifacts "
-            f"download --run-id {tracker.parent_id} --artifact-path {BEST_CONFIG} --dst-path .\n"
-            f"python -m tune_losses.train --config {BEST_CONFIG}"
-        )
-    command = search.state.get("command", f"python -m tune_losses.search --space {search.name}")
-    try:
-        parent = tracker.client.get_run(tracker.parent_id)
-        trust = search_trust(parent, trials)
-        notes, counts = [f"What the search can trust: {trust.sentence()}."], {}
-        if run_state.has_file(search.run_dir, DONE_FILE):  # what the searcher handed out
-            done = json.loads(run_state.read_text(search.run_dir, DONE_FILE))
-            counts[TRIALS_DUPLICATE] = float(done.get("duplicates", 0))
-            if counts[TRIALS_DUPLICATE]:
-                notes.append(
-                    f"{counts[TRIALS_DUPLICATE]:.0f} proposals repeated a configuration "
-                    "already trained: Optuna was told its stored value, nothing was retrained."
-                )
-        outcome, sections = None, []
-        if confirmed is not None:
-            outcome, sections = confirmed[0], confirm_story(confirmed[0], confirmed[1]["split"])
-        tracker.tell_story(trials, command, retrain, notes=notes, counts=counts, sections=sections)
-        with contextlib.ExitStack() as stack:
-            if search.local:
-                out = Path(search.run_dir) / REPORT_DIR
-            else:
-                out = Path(stack.enter_context(tempfile.TemporaryDirectory()))
-            files = write_report(tracker.client, parent, trials, out, trust=trust, confirm=outcome)
-            log_report(tracker.client, parent, files)
-    except (MlflowException, OSError, ValueError, RuntimeError) as exc:
-        print(
-            f"warning: the search's report was not written: {exc}".splitlines()[0], file=sys.stderr
-        )
-        return None
-    return out if search.local else None
-
-
-def run_search(args: argparse.Namespace, space: SearchSpace, search: _Search | None = None) -> int:
     """Run (or resume) the search; returns the process exit code. ``search``: the saved
     search that :func:`resume_settings` found, for ``--resume``."""
     search = search or _locate(args, space)
@@ -482,7 +346,7 @@ def run_search(args: argparse.Namespace, space: SearchSpace, search: _Search | N
             if confirmed is None:
                 return _interrupted(args, search, tracker)
         print(f"search {search.name}: every trial ended; writing the summary", flush=True)
-        code = _summarize(search, tracker, results, space.experiment.search.scheduler, confirmed)
+        code = summarize(search, tracker, results, space.experiment.search.scheduler, confirmed)
     except KeyboardInterrupt:
         tracker.abort("KILLED")
         raise
@@ -493,18 +357,18 @@ def run_search(args: argparse.Namespace, space: SearchSpace, search: _Search | N
         tracker.abort("FAILED")
         raise
     if code != 0:
-        _say_first_failure(tracker)
+        say_first_failure(tracker)
     return code
 
 
-def _interrupted(args: argparse.Namespace, search: _Search, tracker: Any) -> int:
+def _interrupted(args: argparse.Namespace, search: SearchRun, tracker: Any) -> int:
     """End the open runs KILLED and print the command that resumes the search: exit 130."""
     tracker.abort("KILLED")
     print(f"search interrupted; continue it with: {resume_command(args, search)}", file=sys.stderr)
     return 130
 
 
-def _all_started(search: _Search, space: SearchSpace, results: Any) -> bool:
+def _all_started(search: SearchRun, space: SearchSpace, results: Any) -> bool:
     """Whether the search handed out its whole budget: PBT's population all ran, or the
     searcher said FINISHED (it writes :data:`~tune_losses.tune.intensify.DONE_FILE`;
     Ray's ``fit`` returns as well when Ctrl-C stopped it between trials)."""
@@ -513,15 +377,6 @@ def _all_started(search: _Search, space: SearchSpace, results: Any) -> bool:
     if space.experiment.search.scheduler in ("pbt", "pb2"):
         return len(results) >= search.state["total"]
     return run_state.has_file(search.run_dir, DONE_FILE)
-
-
-def _say_first_failure(tracker: Any) -> None:
-    """A search where no trial finished: the first trial's failure, one line on stderr."""
-    from tune_losses.tracking import failure_reasons
-
-    reasons = failure_reasons(tracker.client, tracker.experiment_id, tracker.parent_id)
-    if reasons:
-        print(f"error: no trial finished; the first failure: {reasons[0]}", file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,7 @@ import hashlib
 import json
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,20 @@ if TYPE_CHECKING:
 STATE_FILE = "tune_losses.json"
 TUNER_FILE = "tuner.pkl"  # written by Ray's Tuner; its presence makes a folder resumable
 STUDY_FILE = "optuna.db"  # the Optuna study, unless search.optuna_storage names another
+
+
+@dataclass
+class SearchRun:
+    """One search being run: where its files go and what ``--resume`` needs."""
+
+    name: str
+    storage: str
+    run_dir: str  # a path or a URI (read and written through pyarrow.fs alike)
+    state: dict[str, Any]
+
+    @property
+    def local(self) -> bool:
+        return not is_uri(self.storage)
 
 
 def storage_root(storage: str | None) -> str:

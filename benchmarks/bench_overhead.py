@@ -156,7 +156,7 @@ def one_search(config: Path, out: Path, marks: dict[str, Any], k: int, cpus: flo
     _wrap(ray, "init", None, mark("ray_init"))
     _wrap(tuner, "new_tuner", None, mark("tuner_built"))
     _wrap(tune.Tuner, "fit", None, mark("fit_end"))
-    _wrap(cli, "_summarize", None, mark("summary"))
+    _wrap(cli, "summarize", None, mark("summary"))
     _wrap(callback.TrialLogger, "on_trial_start", mark("trial_started"), lambda: None)
     _wrap(TuneController, "_schedule_trial_actor", mark("actor_requested"), lambda: None)
     results: list[dict[str, Any]] = []

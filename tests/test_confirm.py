@@ -125,7 +125,7 @@ def test_the_winner_is_the_best_confirmed_mean_and_the_interval_matches(
     confirm_csv = (confirmed.run_dir / "confirm.csv").read_text()
     assert winner in confirm_csv.splitlines()[1]
     html = (confirmed.run_dir / "report" / "report.html").read_text()
-    assert "Searched at fresh seeds" in html
+    assert "Confirmed at fresh seeds" in html
 
 
 @pytest.mark.slow

@@ -3,6 +3,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
+# pytest workers for `make test`, a test file each (pytest-xdist --dist loadfile)
+TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
 .PHONY: venv demo test test-fast lint bench clean
@@ -22,7 +24,7 @@ test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	TUNE_LOSSES_REQUIRE_DATA=$${TUNE_LOSSES_REQUIRE_DATA:-0} $(PY) -m pytest -q --durations=15
+	TUNE_LOSSES_REQUIRE_DATA=$${TUNE_LOSSES_REQUIRE_DATA:-0} $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

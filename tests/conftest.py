@@ -21,8 +21,11 @@ from typing import Any, NamedTuple
 
 import pytest
 import yaml
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
+from tune_losses.engine import PREVIEW_IMAGES
+from tune_losses.plots import predictions_png_size
 from tune_losses.tiny import tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -642,3 +645,30 @@ def ray_cluster(_ray_cluster_session: RayCluster) -> RayCluster:
     node that an earlier test killed is replaced)."""
     _ray_cluster_session.ensure_worker()
     return _ray_cluster_session
+
+
+def assert_the_story(client: MlflowClient, parent: Run, children: list[Run], tmp: Path) -> None:
+    """What issue 11 asks a parent and its children to tell, read back from the store."""
+    trials = sorted(children, key=lambda c: -c.data.metrics.get("best_val_mIoU", -1.0))
+    best = trials[0]
+    note = parent.data.tags["mlflow.note.content"]
+    link = f"#/experiments/{parent.info.experiment_id}/runs/{best.info.run_id}"
+    assert f"**Best trial: [{best.info.run_name}]({link})**" in note
+    assert "python -m tune_losses.search --space" in note and "python -m tune_losses.train" in note
+    reasons = [c.data.tags["stop_reason"] for c in children]
+    metrics = parent.data.metrics
+    assert metrics["trials_pruned"] == reasons.count("asha")
+    assert metrics["trials_failed"] == reasons.count("error") == 0
+    assert metrics["trials_completed"] + metrics["trials_pruned"] == len(children)
+    assert metrics["epochs_spent"] == sum(int(c.data.tags["epochs_run"]) for c in children)
+    tags = parent.data.tags
+    assert tags["version.torch"] and tags["version.ray"] and tags["version.mlflow"]
+    assert "version.segmentation_models_pytorch" in tags and "version.optuna" in tags
+    names = sorted(c.info.run_name for c in children)
+    assert [n.split()[0] for n in names] == [f"t{i:02d}" for i in range(1, len(children) + 1)]
+    for child in children:
+        params = child.data.params
+        chosen = [v for k, v in params.items() if k.endswith(".choice")]
+        assert sorted(child.info.run_name.split()[1].split("+")) == sorted(chosen)
+        png = Path(client.download_artifacts(child.info.run_id, "predictions.png", str(tmp)))
+        assert png_size(png.read_bytes()) == predictions_png_size(PREVIEW_IMAGES)

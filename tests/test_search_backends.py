@@ -112,10 +112,13 @@ def ray_results(storage: Path) -> dict[str, list[dict]]:
 @pytest.mark.slow
 def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: RayCluster) -> None:
     # random sampling: both trials start at once (TPE would hold the second back until its
-    # start-up trial has ended), one on each node
+    # start-up trial has ended), one on each node. Eight epochs, no early stop: on a loaded
+    # machine the worker node's actor may take longer to start than a 2-epoch trial on the
+    # head takes to end, and Ray would then hand the second trial to the head's idle actor
+    # (reuse_actors)
     space = write_space(
         tmp_path / "space.yaml",
-        train={"epochs": 2, "lr": 0.005},
+        train={"epochs": 8, "lr": 0.005, "early_stopping": {"patience": None}},
         search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo", "sampler": "random"},
     )
     uri = f"sqlite:///{tmp_path / 'mlruns.db'}"

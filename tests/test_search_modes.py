@@ -11,9 +11,9 @@ import pytest
 import yaml
 
 from conftest import (
-    run_cli,
     run_notebook,
     runs_of,
+    search_in,
     write_space,
 )
 from tune_losses.config import load_experiment
@@ -57,11 +57,8 @@ def test_pbt_search_learns_a_schedule_that_train_replays(tmp_path: Path) -> None
             },
         },
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    storage = tmp_path / "ray"
-    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    proc = run_cli(tmp_path, *args, "--storage", str(storage))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    searched = search_in(tmp_path, space)
+    uri, run_dir = searched.uri, searched.run_dir
 
     client, parents, children = runs_of(uri)
     assert len(parents) == 1 and len(children) == 2
@@ -69,7 +66,7 @@ def test_pbt_search_learns_a_schedule_that_train_replays(tmp_path: Path) -> None
     assert len(by_trial) == 2
     cloned = [c for c in children if "pbt.cloned_from" in c.data.tags]
     assert len(cloned) == 1, (
-        "the worse member copies the better at epoch 2:\n" + proc.stdout[-4000:]
+        "the worse member copies the better at epoch 2:\n" + searched.out[-4000:]
     )
     lr_after = client.get_metric_history(cloned[0].info.run_id, "train/lr")
     assert len({round(m.value, 12) for m in lr_after}) > 1
@@ -79,7 +76,6 @@ def test_pbt_search_learns_a_schedule_that_train_replays(tmp_path: Path) -> None
             assert steps == [1, 2, 3], "one value per epoch, stopped early after epoch 3"
         assert child.data.tags["stop_reason"] == "early_stopping"
 
-    (run_dir,) = storage.iterdir()
     best = load_experiment(run_dir / "best_config.yaml")
     assert (best.train.epochs, best.train.stop_after) == (4, 3)
     winner = by_trial[best_trial(parents[0])]
@@ -131,11 +127,8 @@ def test_multi_objective_search_writes_its_pareto_front(
             "n_startup_trials": 2,
         },
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    storage = tmp_path / "ray"
-    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    proc = run_cli(tmp_path, *args, "--storage", str(storage))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    searched = search_in(tmp_path, space)
+    uri, run_dir = searched.uri, searched.run_dir
 
     client, parents, children = runs_of(uri)
     values = {
@@ -143,7 +136,6 @@ def test_multi_objective_search_writes_its_pareto_front(
         for c in children
     }
     trial_of = {c.info.run_id: c.data.tags["ray.trial_id"] for c in children}
-    (run_dir,) = storage.iterdir()
     members = {row["run_id"] for row in csv.DictReader((run_dir / "pareto.csv").open())}
     assert members, "an empty front"
 

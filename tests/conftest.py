@@ -90,12 +90,13 @@ class Searched:
         return optuna.load_study(study_name=self.run_dir.name, storage=storage)
 
 
-def search_in(root: Path, space: Path) -> Searched:
+def search_in(root: Path, space: Path, path: str = "") -> Searched:
     """``python -m tune_losses.search`` on ``space`` in ``root`` (experiment ``e2e``, a
-    sqlite store and ``--storage root/ray``), which must exit 0."""
+    sqlite store and ``--storage root/ray``, ``path`` extending PYTHONPATH), which must
+    exit 0."""
     uri = f"sqlite:///{root / 'mlruns.db'}"
     args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    proc = run_cli(root, *args, "--storage", str(root / "ray"))
+    proc = run_cli(root, *args, "--storage", str(root / "ray"), path=path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     (run_dir,) = (root / "ray").iterdir()
     return Searched(uri, run_dir, proc.stdout)

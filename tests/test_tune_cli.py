@@ -14,6 +14,7 @@ from conftest import (
     assert_the_story,
     run_cli,
     runs_of,
+    search_in,
     sigkill_after,
     start_search,
     write_space,
@@ -257,10 +258,7 @@ def test_a_trial_whose_loss_goes_nan_fails_and_the_search_goes_on(tmp_path: Path
         search={"max_concurrent": 2, "scheduler": "fifo"},
         loss={"decode": {"ce": {"weight": 1.0}, "odd": term}},
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    proc = run_cli(tmp_path, *args, "--storage", str(tmp_path / "ray"), path=str(tmp_path))
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    uri = search_in(tmp_path, space, path=str(tmp_path)).uri
     client, parents, children = runs_of(uri)
     assert [p.info.status for p in parents] == ["FINISHED"]
     by_fail = {c.data.params["loss.decode.odd.fail"]: c for c in children}

@@ -1,30 +1,30 @@
-"""Does a searched loss beat plain CE? CE, the searched mix and two no-search mixes (issue 12).
+"""Does a searched loss beat the losses a practitioner picks by hand? (issue 19)
+
+A thin driver of the product's ``search.baselines`` and ``search.confirm``:
 
 Usage:
-    .venv/bin/python benchmarks/bench_gain.py                # CamVid, resumable, hours on 2 cores
-    .venv/bin/python benchmarks/bench_gain.py --quick --out /tmp/gain   # synthetic, ~1 min
-    .venv/bin/python benchmarks/bench_gain.py --config configs/camvid_unet.yaml --seeds 0 1 2
+    .venv/bin/python benchmarks/bench_gain.py                  # CamVid study, resumable, hours
+    .venv/bin/python benchmarks/bench_gain.py --stages tpe     # one stage
+    .venv/bin/python benchmarks/bench_gain.py --report-only    # tabulate what is done
+    .venv/bin/python benchmarks/bench_gain.py --quick --out /tmp/gain   # synthetic, tiny
 
-Steps, each skipped when its output is already in ``--out`` (so a killed run resumes):
+Stages, each skipped when done and resumed (``--resume``) when its folder holds a started one:
 
-1. a search over ``--space`` (default ``search_spaces/camvid_mix.yaml``, trials and ASHA
-   settings from the flags) with ``python -m tune_losses.search``, into ``--out/ray_results``
-   and ``--out/mlruns.db``; its ``best_config.yaml`` gives the searched loss;
-2. each variant trained with ``python -m tune_losses.train`` on ``--config`` (data, model and
-   train sections; the variant gives the ``loss`` section) for every seed, into
-   ``--out/runs/<config>/<variant>/seed<k>``, ``--jobs`` runs at once:
+1. ``tpe``: ``python -m tune_losses.search --space SPACE`` (default
+   ``search_spaces/camvid_study.yaml``: TPE, repeats, schedule-aware ASHA, four baselines,
+   the top 2 and the baselines confirmed at 5 fresh seeds on test), into ``--out/tpe``;
+2. ``random``: the same space and settings with ``search.sampler=random`` and no baselines
+   (the ``tpe`` stage's confirmed baselines, at the same fresh seeds, are its reference),
+   into ``--out/random``;
+3. ``fullres``: the ``tpe`` stage's confirmed winner and best baseline trained with
+   ``python -m tune_losses.train`` on ``--fullres-config`` at ``--fullres-seeds``, the last
+   weights scored on test with ``python -m tune_losses.evaluate``, into ``--out/fullres``.
 
-   - ``ce``: the config's own loss (plain CE on both heads);
-   - ``paddleseg``: CE 0.8 + Lovasz 0.2 on the decode head (PaddleSeg's fixed mix), aux CE;
-   - ``uncertainty``: the five terms at weight 1 with ``loss.weighting: uncertainty``
-     (Kendall et al. 2018: the weights are learned with the model, no search), aux CE;
-   - ``searched``: the search's best loss, unchanged;
-
-3. the last weights of each run evaluated on the test split (``data.val_split: test``).
-
-Reported per variant (mean and standard deviation over seeds): best val mIoU, val Boundary
-IoU at that epoch, test mIoU and test Boundary IoU of the last weights, per-class test IoU;
-``gain.json``, ``per_class_iou.png`` and markdown tables (printed, and ``gain.md``).
+The report (``gain.md``, ``gain.json``, ``per_class_iou.png``, rewritten after each stage so
+that partial results can be committed): every confirmed arm's mean ± sd over seeds of test
+mIoU and Boundary IoU and its classes at 0 test IoU; paired gains over the seeds both arms
+have, with 95 % t-intervals (``tune_losses.tracking.paired_interval``); the compute of each
+part (epochs, wall time).
 """
 
 from __future__ import annotations
@@ -36,9 +36,7 @@ import os
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -47,19 +45,11 @@ import yaml
 from tune_losses.tiny import tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
-VARIANTS = ("ce", "paddleseg", "uncertainty", "searched")
-FIVE_TERMS = {
-    "ce": {"weight": 1.0},
-    "focal": {"weight": 1.0, "gamma": 2.0},
-    "lovasz": {"weight": 1.0, "classes": "present"},
-    "dice": {"weight": 1.0, "smooth": 1.0},
-    "boundary": {"weight": 1.0},
-}
+STAGES = ("tpe", "random", "fullres")
+METRICS = ("mIoU", "boundary_IoU")  # the confirm split's headline metrics, per arm
 AUX_CE = {"ce": {"weight": 0.4}}
-
-QUICK_CONFIG = tiny_experiment()  # plain CE on both heads (aux 0.4)
 QUICK_SPACE = {
-    **QUICK_CONFIG,
+    **tiny_experiment(),
     "loss": {
         "decode": {
             "ce": {"weight": 1.0},
@@ -67,7 +57,13 @@ QUICK_SPACE = {
         },
         "aux": dict(AUX_CE),
     },
-    "search": {"num_samples": 2, "max_concurrent": 1, "grace_period": 1},
+    "search": {
+        "num_samples": 2,
+        "max_concurrent": 2,
+        "grace_period": 1,
+        "baselines": {"ce": {"decode": {"ce": {"weight": 1.0}}, "aux": dict(AUX_CE)}},
+        "confirm": {"top_k": 1, "seeds": 2, "split": "val"},
+    },
 }
 
 
@@ -78,270 +74,318 @@ def log(message: str) -> None:
 def run(cmd: list[str], logfile: Path) -> None:
     """Run a CLI of this package from the repository root, its output appended to ``logfile``."""
     log(" ".join(cmd[1:]) + f"  (log: {logfile})")
+    logfile.parent.mkdir(parents=True, exist_ok=True)
     with logfile.open("a") as out:
         done = subprocess.run(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, check=False)
     if done.returncode != 0:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}; see {logfile}")
 
 
-def best_trial_loss(args: argparse.Namespace) -> dict[str, Any]:
-    """The loss of the best trial the search in ``--out`` has logged so far, ranked as the
-    search ranks them (its leaderboard's first row), for a search stopped before its end."""
-    from tune_losses.tracking import TRIAL_CONFIG, find_parent, load_trials, open_client
-
-    client = open_client(f"sqlite:///{args.out / 'mlruns.db'}")
-    best = load_trials(client, find_parent(client, "bench_gain"))[0]
-    with tempfile.TemporaryDirectory() as scratch:
-        config = Path(client.download_artifacts(best.run_id, TRIAL_CONFIG, scratch)).read_text()
-    log(f"searched loss: best trial so far, {best.name} (val mIoU {best.best:.2f})")
-    return yaml.safe_load(config)["loss"]
+def store(args: argparse.Namespace, stage: str) -> str:
+    return f"sqlite:///{args.out / stage / 'mlruns.db'}"
 
 
-def searched_loss(args: argparse.Namespace) -> dict[str, Any]:
-    """The best loss of the search in ``--out`` (run or resumed here when it has none)."""
-    storage = args.out / "ray_results"
-    found = sorted(storage.glob("*/best_config.yaml"), key=lambda p: p.stat().st_mtime)
-    if not found and args.take_best:
-        return best_trial_loss(args)
-    if not found:
-        cmd = [
-            sys.executable,
-            "-m",
-            "tune_losses.search",
-            "--space",
-            str(args.space),
-            "--storage",
-            str(storage.resolve()),
-            "--tracking-uri",
-            f"sqlite:///{(args.out / 'mlruns.db').resolve()}",
-            "--experiment",
-            "bench_gain",
-            "--num-samples",
-            str(args.num_samples),
-            "--seed",
-            str(args.search_seed),
-            f"--set=train.epochs={args.epochs}",
-            *(f"--set={s}" for s in args.search_set),
-        ]
-        if any(p.is_dir() for p in storage.glob("*")):
-            cmd.append("--resume")
-        run(cmd, args.out / "search.log")
-        found = sorted(storage.glob("*/best_config.yaml"), key=lambda p: p.stat().st_mtime)
-    best = yaml.safe_load(found[-1].read_text())
-    log(f"searched loss from {found[-1]}")
-    return best["loss"]
+def experiment(args: argparse.Namespace, stage: str) -> str:
+    return f"{args.out.name}_{stage}"  # benchmarks/camvid: camvid_tpe, camvid_random
 
 
-def variant_loss(name: str, base: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    if name == "ce":
-        return base["loss"]
-    if name == "paddleseg":
-        return {"decode": {"ce": {"weight": 0.8}, "lovasz": {"weight": 0.2}}, "aux": AUX_CE}
-    if name == "uncertainty":
-        return {"weighting": "uncertainty", "decode": FIVE_TERMS, "aux": AUX_CE}
-    return searched_loss(args)
+def parent_of(args: argparse.Namespace, stage: str) -> Any:
+    """The stage's search parent run, or None before it started."""
+    from tune_losses.tracking import TrackingError, find_parent, open_client
+
+    if not (args.out / stage / "mlruns.db").is_file():
+        return None
+    client = open_client(store(args, stage))
+    try:
+        return client, find_parent(client, experiment(args, stage))
+    except TrackingError:
+        return None
 
 
-def finished(folder: Path) -> bool:
-    """Whether the run in ``folder`` ended: all its epochs, or stopped early (an interrupted
-    ``tune_losses.train`` also writes its summary)."""
-    if not (folder / "best.json").is_file() or not (folder / "history.json").is_file():
-        return False
-    history = json.loads((folder / "history.json").read_text())
-    return bool(history) and (
-        history[-1]["epoch"] == history[-1]["epochs_max"] or history[-1]["early_stopped"] == 1.0
-    )
+def search(args: argparse.Namespace, stage: str) -> None:
+    """The ``tpe`` or ``random`` stage: the search with its confirm stage, to its end."""
+    found = parent_of(args, stage)
+    if found is not None and found[1].info.status == "FINISHED":
+        return
+    folder = args.out / stage
+    cmd = [sys.executable, "-m", "tune_losses.search", "--space", str(args.space)]
+    cmd += ["--storage", str(folder / "ray"), "--tracking-uri", store(args, stage)]
+    cmd += ["--experiment", experiment(args, stage), "--seed", str(args.search_seed)]
+    if stage == "random":
+        cmd += ["--set=search.sampler=random", "--set=search.baselines=null"]
+    if found is not None:
+        cmd.append("--resume")
+    run(cmd, folder / "search.log")
 
 
-def train(variant: str, seed: int, base: dict[str, Any], args: argparse.Namespace) -> Path:
-    """Train one variant at one seed (skipped when its summary exists); its run folder."""
-    folder = args.out / "runs" / args.config_name / variant / f"seed{seed}"
-    if finished(folder):
-        return folder
-    folder.mkdir(parents=True, exist_ok=True)
-    config = {**base, "loss": variant_loss(variant, base, args)}
-    config["train"] = {
-        **base.get("train", {}),
-        "seed": seed,
-        "epochs": args.epochs,
-        "threads": args.threads,
-    }
-    (folder / "variant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-    cmd = [sys.executable, "-m", "tune_losses.train", "--config", str(folder / "variant.yaml")]
-    run([*cmd, "--out", str(folder)], folder / "train.log")
-    return folder
+def confirm_runs(args: argparse.Namespace, stage: str) -> dict[str, dict[int, dict[str, float]]]:
+    """``{arm: {seed: metrics}}`` of the stage's finished confirm runs (``<split>/...``
+    names without the split), arms labelled ``<stage> <arm>`` and baselines ``base <name>``."""
+    from tune_losses.tracking import CONFIRM_TAG, PARENT_TAG, SEED_TAG
+    from tune_losses.tracking.readers import search_all
+
+    found = parent_of(args, stage)
+    if found is None:
+        return {}
+    client, parent = found
+    split = args.split
+    query = f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and attributes.status = 'FINISHED'"
+    arms: dict[str, dict[int, dict[str, float]]] = {}
+    for child in search_all(client, parent.info.experiment_id, query):
+        tags = child.data.tags
+        if CONFIRM_TAG not in tags:
+            continue
+        label = tags[CONFIRM_TAG]
+        label = label if label.startswith("base ") else f"{stage} {label}"
+        metrics = {
+            k.removeprefix(f"{split}/"): v
+            for k, v in child.data.metrics.items()
+            if k.startswith(f"{split}/")
+        }
+        arms.setdefault(label, {})[int(tags[SEED_TAG])] = metrics
+    return arms
 
 
-def evaluate_test(folder: Path) -> dict[str, float]:
-    """Test-split metrics of the last weights saved in ``folder`` (cached in ``test.json``)."""
-    cached = folder / "test.json"
-    if cached.is_file():
-        return json.loads(cached.read_text())
-    from tune_losses.config import load_experiment
-    from tune_losses.engine import Trainer
+def compute(args: argparse.Namespace, stage: str) -> list[dict[str, Any]]:
+    """Epochs and wall time of a search's parts: searched trials, baselines, confirm runs."""
+    from tune_losses.tracking import BASELINE_TAG, CONFIRM_TAG, EPOCHS_TAG, PARENT_TAG
+    from tune_losses.tracking.readers import search_all
 
-    exp = load_experiment(folder / "variant.yaml")
-    if exp.data.format == "synthetic":  # no test split: the val split stands in (quick mode)
-        test = exp
-    else:
-        test = exp.model_copy(update={"data": exp.data.model_copy(update={"val_split": "test"})})
-    trainer = Trainer(test)
-    trainer.load(folder)
-    metrics, _ = trainer.evaluate()
-    cached.write_text(json.dumps(metrics))
-    return metrics
-
-
-def collect(folder: Path, class_names: list[str]) -> dict[str, Any]:
-    """One run's numbers: best val mIoU and its Boundary IoU, test metrics, per-class IoU."""
-    history = json.loads((folder / "history.json").read_text())
-    best = max(history, key=lambda r: r["val/mIoU"])
-    test = evaluate_test(folder)
-    prefix = "val/IoU/"
-    return {
-        "val_mIoU": best["val/mIoU"],
-        "val_boundary_IoU": best["val/boundary_IoU"],
-        "test_mIoU": test["val/mIoU"],
-        "test_boundary_IoU": test["val/boundary_IoU"],
-        "test_iou": {n: test.get(prefix + n, math.nan) for n in class_names},
-        "epochs": len(history),
-        "s_per_epoch": statistics.median(r["time/epoch_s"] for r in history),
-    }
-
-
-def mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def tables(results: dict[str, list[dict[str, Any]]], class_names: list[str]) -> str:
-    """The headline table (mean ± sd over seeds) and the per-class test IoU table."""
-    keys = ("val_mIoU", "val_boundary_IoU", "test_mIoU", "test_boundary_IoU")
-    lines = [
-        "| loss | seeds | val mIoU | val Boundary IoU | test mIoU | test Boundary IoU "
-        "| classes at 0 test IoU | s/epoch |",
-        "|---|---|---|---|---|---|---|---|",
-    ]
-    for variant, runs in results.items():
-        cells = [f"{m:.2f} ± {s:.2f}" for m, s in (mean_sd([r[k] for r in runs]) for k in keys)]
-        zero = sorted({n for r in runs for n, v in r["test_iou"].items() if v == 0.0})
-        s_epoch = statistics.fmean(r["s_per_epoch"] for r in runs)
-        lines.append(
-            f"| {variant} | {len(runs)} | {' | '.join(cells)} | {', '.join(zero) or '-'} "
-            f"| {s_epoch:.1f} |"
+    found = parent_of(args, stage)
+    if found is None:
+        return []
+    client, parent = found
+    query = f"tags.`{PARENT_TAG}` = '{parent.info.run_id}'"
+    parts: dict[str, list[Any]] = {}
+    for child in search_all(client, parent.info.experiment_id, query):
+        tags = child.data.tags
+        part = "confirm" if CONFIRM_TAG in tags else "baselines" if tags.get(BASELINE_TAG) else ""
+        parts.setdefault(part or "search", []).append(child)
+    rows = []
+    for part, runs in parts.items():
+        ends = [r.info.end_time or r.info.start_time for r in runs]
+        rows.append(
+            {
+                "stage": stage,
+                "part": part,
+                "runs": len(runs),
+                "epochs": sum(int(r.data.tags.get(EPOCHS_TAG) or 0) for r in runs),
+                "wall_min": (max(ends) - min(r.info.start_time for r in runs)) / 60000,
+            }
         )
-    lines += ["", "| class | " + " | ".join(results) + " |", "|---|" + "---|" * len(results)]
-    for name in class_names:
-        row = [statistics.fmean(r["test_iou"][name] for r in runs) for runs in results.values()]
-        lines.append(f"| {name} | " + " | ".join(f"{v:.1f}" for v in row) + " |")
-    return "\n".join(lines)
+    return rows
 
 
-def plot(results: dict[str, list[dict[str, Any]]], class_names: list[str], path: Path) -> None:
-    """Grouped bars: mean test IoU per class for each variant, the seeds' range as error bars."""
+def winner_losses(args: argparse.Namespace, arms: dict[str, Any]) -> dict[str, Any]:
+    """The ``tpe`` stage's confirmed winner and best baseline: their ``loss`` sections."""
+    plans = sorted((args.out / "tpe" / "ray").glob("*/confirm_arms.json"))
+    if not plans:
+        raise SystemExit("the fullres stage needs the tpe stage's confirm stage")
+    plan = json.loads(plans[-1].read_text())
+    by_label = {f"tpe {a['label']}" if not a["baseline"] else a["label"]: a for a in plan["arms"]}
+    ranked = sorted(arms, key=lambda a: -mean([s["mIoU"] for s in arms[a].values()]))
+    best = next(a for a in ranked if a.startswith("tpe "))
+    base = next(a for a in ranked if a.startswith("base "))
+    return {a: by_label[a]["config"]["experiment"]["loss"] for a in (best, base)}
+
+
+def fullres_folder(args: argparse.Namespace, label: str, seed: int) -> Path:
+    return args.out / "fullres" / "runs" / label.replace(" ", "_") / f"seed{seed}"
+
+
+def fullres(args: argparse.Namespace) -> None:
+    """Train, then score on test, the tpe winner and best baseline at full resolution (a run
+    is skipped once scored; one killed before that trains again)."""
+    base = yaml.safe_load(args.fullres_config.read_text())
+    for label, loss in winner_losses(args, confirm_runs(args, "tpe")).items():
+        for seed in args.fullres_seeds:
+            folder = fullres_folder(args, label, seed)
+            if (folder / f"eval_{args.split}.json").is_file():
+                continue
+            folder.mkdir(parents=True, exist_ok=True)
+            train = {**base["train"], "seed": seed, "epochs": args.fullres_epochs}
+            train["early_stopping"] = {"patience": None}
+            config = {**base, "train": train, "loss": loss}
+            (folder / "variant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+            cmd = [sys.executable, "-m", "tune_losses.train", "--config"]
+            cmd += [str(folder / "variant.yaml"), "--out", str(folder)]
+            run(cmd, folder / "train.log")
+            cmd = [sys.executable, "-m", "tune_losses.evaluate", "--run", str(folder)]
+            run([*cmd, "--split", args.split], folder / "eval.log")
+
+
+def fullres_scores(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
+    """``{arm: {seed: metrics}}`` of the full-resolution runs scored so far."""
+    from tune_losses.evaluate import mlflow_metrics
+
+    out: dict[str, dict[int, dict[str, float]]] = {}
+    for path in sorted((args.out / "fullres" / "runs").glob(f"*/seed*/eval_{args.split}.json")):
+        flat = mlflow_metrics(json.loads(path.read_text()), args.split)
+        metrics = {k.removeprefix(f"{args.split}/"): v for k, v in flat.items()}
+        label = path.parent.parent.name.replace("_", " ", 1)
+        out.setdefault(label, {})[int(path.parent.name.removeprefix("seed"))] = metrics
+    return out
+
+
+def mean(values: list[float]) -> float:
+    finite = [v for v in values if math.isfinite(v)]
+    return statistics.fmean(finite) if finite else math.nan
+
+
+def summary_rows(arms: dict[str, dict[int, dict[str, float]]]) -> list[dict[str, Any]]:
+    """Each arm's seeds, mean ± sd of the headline metrics and classes at 0 IoU, best first."""
+    rows = []
+    for label, seeds in arms.items():
+        row: dict[str, Any] = {"arm": label, "seeds": sorted(seeds)}
+        for key in METRICS:
+            values = [seeds[s].get(key, math.nan) for s in sorted(seeds)]
+            row[key] = mean(values)
+            row[f"{key}_sd"] = statistics.stdev(values) if len(values) > 1 else math.nan
+            row[f"{key}_per_seed"] = values
+        zero = {k[len("IoU/") :] for s in seeds.values() for k, v in s.items() if k[:4] == "IoU/"}
+        row["zero_classes"] = sorted(
+            c for c in zero if any(s.get(f"IoU/{c}", 1.0) == 0.0 for s in seeds.values())
+        )
+        rows.append(row)
+    return sorted(rows, key=lambda r: -r["mIoU"] if math.isfinite(r["mIoU"]) else math.inf)
+
+
+def gain(arms: dict[str, Any], a: str, b: str, key: str = "mIoU") -> dict[str, Any] | None:
+    """``a - b`` on ``key`` paired over their common seeds, with its 95 % t-interval."""
+    from tune_losses.tracking import paired_interval
+
+    seeds = sorted(set(arms[a]) & set(arms[b]))
+    diffs = [arms[a][s][key] - arms[b][s][key] for s in seeds]
+    if len(diffs) < 2:
+        return None
+    m, low, high = paired_interval(diffs)
+    return {"a": a, "b": b, "metric": key, "seeds": seeds, "gain": m, "low": low, "high": high}
+
+
+def comparisons(arms: dict[str, Any], rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The searched winners against the best baseline and against each other."""
+    best = {}
+    for prefix in ("tpe ", "random ", "base "):
+        best[prefix] = next((r["arm"] for r in rows if r["arm"].startswith(prefix)), None)
+    pairs = [("tpe ", "base ", k) for k in METRICS] + [("random ", "base ", "mIoU")]
+    pairs.append(("tpe ", "random ", "mIoU"))
+    out = [gain(arms, best[a], best[b], k) for a, b, k in pairs if best[a] and best[b]]
+    return [g for g in out if g is not None]
+
+
+def markdown(result: dict[str, Any]) -> str:
+    lines = [f"Split: {result['split']}. Arms best first (mean ± sd over seeds):", ""]
+    lines += ["| arm | seeds | mIoU | Boundary IoU | classes at 0 IoU |", "|---|---|---|---|---|"]
+    for section, rows in (("", result["rows"]), ("full res ", result["fullres_rows"])):
+        for r in rows:
+            cells = [f"{r[k]:.2f} ± {r[k + '_sd']:.2f}" for k in METRICS]
+            seeds = ",".join(map(str, r["seeds"]))
+            zero = ", ".join(r["zero_classes"]) or "-"
+            lines.append(f"| {section}{r['arm']} | {seeds} | {' | '.join(cells)} | {zero} |")
+    lines += ["", "Paired gains (95 % t-interval over the common seeds):", ""]
+    for g in result["gains"] + result["fullres_gains"]:
+        lines.append(
+            f"- {g['a']} − {g['b']}, {g['metric']}: {g['gain']:+.2f} "
+            f"[{g['low']:+.2f}, {g['high']:+.2f}] (seeds {g['seeds']})"
+        )
+    lines += ["", "| stage | part | runs | epochs | wall (min) |", "|---|---|---|---|---|"]
+    for c in result["compute"]:
+        lines.append(
+            f"| {c['stage']} | {c['part']} | {c['runs']} | {c['epochs']} | {c['wall_min']:.1f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(arms: dict[str, dict[int, dict[str, float]]], path: Path) -> None:
+    """Grouped bars: mean test IoU per class for each arm, the seeds' range as error bars."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
 
-    x = np.arange(len(class_names))
-    width = 0.8 / len(results)
-    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(class_names)), 4.0))
-    for i, (variant, runs) in enumerate(results.items()):
-        values = np.array([[r["test_iou"][n] for n in class_names] for r in runs])
-        mean = values.mean(0)
-        err = np.stack([mean - values.min(0), values.max(0) - mean])
-        miou = statistics.fmean(r["test_mIoU"] for r in runs)
-        label = f"{variant} (test mIoU {miou:.1f})"
-        ax.bar(x + (i - (len(results) - 1) / 2) * width, mean, width, yerr=err, label=label)
-    ax.set_xticks(x, class_names, rotation=30, ha="right")
-    ax.set_ylabel("test IoU (%)")
-    ax.set_title("per-class test IoU, mean over seeds (bars: min-max)")
-    ax.legend(fontsize=8)
+    names = sorted(
+        {k[4:] for seeds in arms.values() for s in seeds.values() for k in s if k[:4] == "IoU/"}
+    )
+    width = 0.8 / max(1, len(arms))
+    fig, ax = plt.subplots(figsize=(max(8.0, 0.9 * len(names)), 4.0))
+    for i, (label, seeds) in enumerate(arms.items()):
+        values = np.array([[s.get(f"IoU/{n}", np.nan) for n in names] for s in seeds.values()])
+        mid = np.nanmean(values, 0)
+        err = np.stack([mid - np.nanmin(values, 0), np.nanmax(values, 0) - mid])
+        x = np.arange(len(names)) + (i - (len(arms) - 1) / 2) * width
+        ax.bar(x, mid, width, yerr=err, label=label)
+    ax.set_xticks(np.arange(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("IoU (%)")
+    ax.set_title("per-class IoU of the confirm runs, mean over seeds (bars: min-max)")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
+def report(args: argparse.Namespace) -> dict[str, Any]:
+    """Read every stage back, write ``gain.json``, ``gain.md`` and the plot, print the table."""
+    arms = {**confirm_runs(args, "tpe"), **confirm_runs(args, "random")}
+    rows = summary_rows(arms)
+    full = fullres_scores(args)
+    full_rows = summary_rows(full)
+    full_gains = []
+    if len(full) == 2:
+        win, base = sorted(full, key=lambda a: a.startswith("base "))
+        full_gains = [g for g in (gain(full, win, base, k) for k in METRICS) if g]
+    result = {
+        "split": args.split,
+        "rows": rows,
+        "gains": comparisons(arms, rows),
+        "fullres_rows": full_rows,
+        "fullres_gains": full_gains,
+        "compute": compute(args, "tpe") + compute(args, "random"),
+        "arms": {a: {str(s): m for s, m in seeds.items()} for a, seeds in arms.items()},
+    }
+    (args.out / "gain.json").write_text(json.dumps(result, indent=1))
+    text = markdown(result)
+    (args.out / "gain.md").write_text(text)
+    if arms:
+        plot(arms, args.out / "per_class_iou.png")
+    print(text, flush=True)
+    return result
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--quick", action="store_true", help="synthetic data, tiny settings (CI)")
-    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "gain")
-    p.add_argument("--config", type=Path, default=ROOT / "configs" / "camvid_small.yaml")
-    p.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "camvid_mix.yaml")
-    p.add_argument("--epochs", type=int, default=8, help="train.epochs of the search and runs")
-    p.add_argument("--num-samples", type=int, default=8)
-    p.add_argument("--search-seed", type=int, default=0)
-    p.add_argument(
-        "--search-set",
-        nargs="*",
-        default=["search.grace_period=2", "search.reduction_factor=2", "search.n_startup_trials=4"],
-        help="KEY=VALUE overrides of the search (as its --set)",
-    )
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
-    p.add_argument(
-        "--jobs",
-        type=int,
-        default=2,
-        help="runs trained at once, each on cpus/jobs torch threads (one thread per run shares "
-        "a small CPU better than two threads that stall each other)",
-    )
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
-    p.add_argument(
-        "--take-best",
-        action="store_true",
-        help="a stored search that did not finish is not resumed: its best trial so far is "
-        "the searched loss",
-    )
-    p.add_argument(
-        "--report-only",
-        action="store_true",
-        help="train nothing: tabulate the runs already finished in --out",
-    )
+    p.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "camvid")
+    p.add_argument("--space", type=Path, default=ROOT / "search_spaces" / "camvid_study.yaml")
+    p.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES))
+    p.add_argument("--search-seed", type=int, default=0, help="both searches' sampler seed")
+    p.add_argument("--fullres-config", type=Path, default=ROOT / "configs" / "camvid_unet.yaml")
+    p.add_argument("--fullres-seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fullres-epochs", type=int, default=12)
+    p.add_argument("--report-only", action="store_true", help="run nothing: tabulate what is done")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    args.out = args.out.resolve()
-    args.config, args.space = args.config.resolve(), args.space.resolve()
-    os.chdir(ROOT)  # configs name their data relative to the repository root
+    args.out, args.space = args.out.resolve(), args.space.resolve()
+    args.fullres_config = args.fullres_config.resolve()
+    os.chdir(ROOT)  # space files name their data relative to the repository root
     args.out.mkdir(parents=True, exist_ok=True)
     if args.quick:
-        args.config = args.out / "quick_config.yaml"
-        args.config.write_text(yaml.safe_dump(QUICK_CONFIG, sort_keys=False))
         args.space = args.out / "quick_space.yaml"
         args.space.write_text(yaml.safe_dump(QUICK_SPACE, sort_keys=False))
-        args.num_samples, args.search_set, args.seeds, args.epochs = 2, [], args.seeds[:1], 2
-    args.config_name = args.config.stem
-    base = yaml.safe_load(args.config.read_text())
-    log(f"load average {os.getloadavg()[0]:.2f}; {args.config_name}, seeds {args.seeds}")
-    args.threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    tasks = [(v, seed) for seed in args.seeds for v in args.variants]  # seed 0 of all first
-    if not args.report_only:
-        if "searched" in args.variants:
-            searched_loss(args)  # the search first, on every core
-        with ThreadPoolExecutor(args.jobs) as pool:
-            list(pool.map(lambda task: train(*task, base, args), tasks))
-    folders: dict[str, list[Path]] = {v: [] for v in args.variants}
-    for variant, seed in tasks:
-        folder = args.out / "runs" / args.config_name / variant / f"seed{seed}"
-        if finished(folder):
-            folders[variant].append(folder)
-    folders = {v: fs for v, fs in folders.items() if fs}
-    if not folders:
-        raise SystemExit(f"no finished run in {args.out / 'runs' / args.config_name}")
-    args.variants = list(folders)
-    class_names = json.loads((folders[args.variants[0]][0] / "best.json").read_text())[
-        "class_names"
-    ]
-    results = {v: [collect(f, class_names) for f in fs] for v, fs in folders.items()}
-    text = tables(results, class_names)
-    (args.out / "gain.md").write_text(text + "\n")
-    (args.out / "gain.json").write_text(json.dumps(results, indent=1))
-    plot(results, class_names, args.out / "per_class_iou.png")
-    print(text)
-    log(f"load average {os.getloadavg()[0]:.2f}; wrote {args.out}/gain.md, per_class_iou.png")
+        args.stages = [s for s in args.stages if s != "fullres"]
+    confirm = yaml.safe_load(args.space.read_text())["search"]["confirm"]
+    args.split = confirm["split"]
+    log(f"load average {os.getloadavg()[0]:.2f}; stages {args.stages}, out {args.out}")
+    for stage in args.stages:
+        if not args.report_only and stage in ("tpe", "random"):
+            search(args, stage)
+        if not args.report_only and stage == "fullres":
+            fullres(args)
+        report(args)
+    log(f"load average {os.getloadavg()[0]:.2f}; wrote {args.out}/gain.md, gain.json")
     return 0
 
 

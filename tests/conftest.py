@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 import pwd
@@ -29,6 +30,20 @@ from tune_losses.plots import predictions_png_size
 from tune_losses.tiny import tiny_experiment
 
 ROOT = Path(__file__).resolve().parents[1]
+_STORE_TEMPLATE: list[Path] = []  # an empty MLflow sqlite store, made once per test process
+
+
+def sqlite_store(path: Path) -> str:
+    """The URI of a new, empty MLflow sqlite store at ``path``: a copy of one made once per
+    test process (an empty store's schema migrations take seconds, a copy milliseconds)."""
+    if not _STORE_TEMPLATE:
+        folder = Path(tempfile.mkdtemp(prefix="mlflow_store_"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        MlflowClient(f"sqlite:///{folder / 'empty.db'}").search_experiments()
+        _STORE_TEMPLATE.append(folder / "empty.db")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(_STORE_TEMPLATE[0], path)
+    return f"sqlite:///{path}"
 
 
 @pytest.fixture
@@ -94,7 +109,7 @@ def search_in(root: Path, space: Path, path: str = "") -> Searched:
     """``python -m tune_losses.search`` on ``space`` in ``root`` (experiment ``e2e``, a
     sqlite store and ``--storage root/ray``, ``path`` extending PYTHONPATH), which must
     exit 0."""
-    uri = f"sqlite:///{root / 'mlruns.db'}"
+    uri = sqlite_store(root / "mlruns.db")
     args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
     proc = run_cli(root, *args, "--storage", str(root / "ray"), path=path)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -193,7 +208,7 @@ def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> TinySearch:
         "aux": {"ce": {"weight": AUX_CE_WEIGHT}},
     }
     space = write_space(root / "space.yaml", loss=loss)
-    uri = f"sqlite:///{root / 'mlruns.db'}"
+    uri = sqlite_store(root / "mlruns.db")
     storage = root / "ray"
     args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
     proc = run_cli(root, *args, "--storage", str(storage), "--seed", "3")

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from test_data import real_data
 
+from conftest import sqlite_store
 from tune_losses import evaluate, train
 from tune_losses.tiny import tiny_experiment
 from tune_losses.tracking import SearchTracker, open_client
@@ -24,7 +25,7 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("evaluate")
     config = root / "tiny.yaml"
     config.write_text(yaml.safe_dump(tiny_experiment()))
-    uri = f"sqlite:///{root / 'mlruns.db'}"
+    uri = sqlite_store(root / "mlruns.db")
     out = root / "run"
     rc = train.main(
         ["--config", str(config), "--out", str(out), "--mlflow"]
@@ -163,7 +164,7 @@ def _track_search(folder: Path, uri: str) -> None:
 
 def test_search_winner_scored_and_logged_to_its_trial(tiny_run: Path, tmp_path: Path) -> None:
     folder = _fake_search(tiny_run, tmp_path)
-    uri = f"sqlite:///{tmp_path / 'search.db'}"
+    uri = sqlite_store(tmp_path / "search.db")
     _track_search(folder, uri)
     assert evaluate.main(["--search", str(folder), "--mlflow"]) == 0
     report = json.loads((folder / "eval_val.json").read_text())

@@ -18,6 +18,7 @@ from conftest import (
     assert_one_value_per_step,
     png_size,
     runs_of,
+    sqlite_store,
     stop_tree,
     write_space,
 )
@@ -94,7 +95,7 @@ def interrupted(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -
         train={"epochs": EPOCHS, "lr": 0.005},
         search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = sqlite_store(tmp_path / "mlruns.db")
     cmd = [sys.executable, "-m", "tune_losses.search", "--space", str(space)]
     cmd += ["--tracking-uri", uri, "--experiment", "e2e"]
     cmd += ["--storage", f"s3://{s3_server.bucket}/searches"]

@@ -14,7 +14,7 @@ from matplotlib.image import imread
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from conftest import TinySearch
+from conftest import TinySearch, sqlite_store
 from tune_losses.report import (
     TrialRecord,
     equal_budget,
@@ -73,7 +73,7 @@ def _child(
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("mlflow")
-    uri = f"sqlite:///{root}/m.db"
+    uri = sqlite_store(root / "m.db")
     client = MlflowClient(uri)
     exp_id = client.create_experiment("tune_losses", artifact_location=(root / "a").as_uri())
     old = client.create_run(exp_id, run_name="search-old", tags={"tune_losses.kind": "search"})

@@ -18,6 +18,7 @@ from conftest import (
     run_cli,
     runs_of,
     sigkill_after,
+    sqlite_store,
     start_search,
     write_space,
 )
@@ -57,7 +58,7 @@ class Resumed:
 def _killed_and_resumed(root: Path, space: Path, markers: list[str]) -> Resumed:
     """Run the search, SIGKILL its driver (process group) once each of ``markers`` is
     printed, ``--resume``-ing in between, then resume it to the end."""
-    uri = f"sqlite:///{root / 'mlruns.db'}"
+    uri = sqlite_store(root / "mlruns.db")
     args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
     args += ["--storage", str(root / "ray")]
     killed = []

@@ -23,6 +23,7 @@ from conftest import (
     process_tree,
     run_cli,
     runs_of,
+    sqlite_store,
     write_space,
 )
 from tune_losses.config import load_experiment
@@ -121,7 +122,7 @@ def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: RayCluste
         train={"epochs": 8, "lr": 0.005, "early_stopping": {"patience": None}},
         search={"num_samples": 2, "max_concurrent": 2, "scheduler": "fifo", "sampler": "random"},
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = sqlite_store(tmp_path / "mlruns.db")
     # the driver joins with the head's token file (RAY_AUTH_TOKEN_PATH), in a home of its own
     env = ray_cluster.driver_env(PYTHONPATH=str(ROOT))
     env.pop("RAY_AUTH_MODE")  # the search sets it itself when --address is given
@@ -251,7 +252,7 @@ def test_a_trial_survives_the_loss_of_its_worker_node(
             "sampler": "random",  # both at once (TPE holds back all but its start-up trial)
         },
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = sqlite_store(tmp_path / "mlruns.db")
     storage = tmp_path / "shared"
     env = ray_cluster.driver_env(PYTHONPATH=str(ROOT))
     assert ray_cluster.worker is not None

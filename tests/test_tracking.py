@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
+from conftest import sqlite_store
 from tune_losses import tracking
 from tune_losses.tiny import tiny_experiment
 from tune_losses.tracking import (
@@ -38,7 +39,7 @@ def _result(epoch: int, miou: float, best: float) -> dict:
 def search(tmp_path: Path) -> SearchTracker:
     space = tmp_path / "space.yaml"
     space.write_text("loss: {}\n")
-    tracker = SearchTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
+    tracker = SearchTracker(sqlite_store(tmp_path / "m.db"), "e")
     tracker.start("search-1", {"search.num_samples": 3}, space)
     return tracker
 
@@ -247,7 +248,7 @@ def test_a_search_on_another_metric_names_its_best_by_it(tmp_path: Path) -> None
 
     space = tmp_path / "space.yaml"
     space.write_text("loss: {}\n")
-    tracker = SearchTracker(f"sqlite:///{tmp_path / 'm.db'}", "e")
+    tracker = SearchTracker(sqlite_store(tmp_path / "m.db"), "e")
     tracker.start("search-1", {"search.metric": "train/loss", "search.mode": "min"}, space)
     for trial_id, losses, mious in (
         ("a", [0.9, 0.4375, 0.6], [10.0, 12.0, 40.0]),

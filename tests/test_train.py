@@ -7,6 +7,7 @@ import pytest
 import yaml
 from mlflow.tracking import MlflowClient
 
+from conftest import sqlite_store
 from tune_losses.config import load_experiment
 from tune_losses.tiny import tiny_experiment
 from tune_losses.train import main
@@ -15,7 +16,7 @@ from tune_losses.train import main
 def test_train_cli_writes_history_summary_and_plots(tmp_path: Path) -> None:
     config = tmp_path / "tiny.yaml"
     raw = tiny_experiment()
-    raw["tracking"] = {"uri": f"sqlite:///{tmp_path / 'm.db'}", "experiment": "train"}
+    raw["tracking"] = {"uri": sqlite_store(tmp_path / "m.db"), "experiment": "train"}
     config.write_text(yaml.safe_dump(raw))
     out = tmp_path / "run"
     assert main(["--config", str(config), "--out", str(out), "--mlflow"]) == 0

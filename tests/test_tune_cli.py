@@ -16,6 +16,7 @@ from conftest import (
     runs_of,
     search_in,
     sigkill_after,
+    sqlite_store,
     start_search,
     write_space,
 )
@@ -120,7 +121,7 @@ def test_failing_trials_leave_no_run_running(tmp_path: Path) -> None:
         "        raise RuntimeError('boom from a user loss')\n"
         "    return logits.sum() * 0\n"
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = sqlite_store(tmp_path / "mlruns.db")
     proc = run_cli(
         tmp_path,
         *("--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"),
@@ -146,7 +147,7 @@ def test_bad_data_stops_before_any_run(tmp_path: Path) -> None:
         tmp_path / "space.yaml",
         data={"format": "folders", "root": str(tmp_path / "nowhere")},
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = sqlite_store(tmp_path / "mlruns.db")
     proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
     assert proc.returncode == 2
     err = proc.stderr.strip()
@@ -168,7 +169,7 @@ def test_a_loss_that_cannot_run_stops_before_any_run(
     space = write_space(
         tmp_path / "space.yaml", loss={"decode": {"ce": {"weight": 1.0}, "focal": term}}
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = sqlite_store(tmp_path / "mlruns.db")
     proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
     assert proc.returncode == 2
     err = proc.stderr.strip()
@@ -178,7 +179,7 @@ def test_a_loss_that_cannot_run_stops_before_any_run(
 
 def test_bad_space_writes_nothing(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", train={"epochs": 2, "optimiser": "adam"})
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = sqlite_store(tmp_path / "mlruns.db")
     proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {space}: train.optimiser: Extra inputs are not permitted"
@@ -194,7 +195,7 @@ def fifo_search(tmp_path: Path, epochs: int) -> tuple[str, list[str]]:
         train={"epochs": epochs, "lr": 0.005},
         search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
     )
-    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    uri = sqlite_store(tmp_path / "mlruns.db")
     args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
     return uri, [*args, "--storage", str(tmp_path / "ray")]
 

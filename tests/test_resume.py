@@ -1,5 +1,5 @@
-"""``--resume`` after a SIGKILL of the driver at the worst moments: right after a trial's
-end was logged (Optuna already told, Ray's last snapshot older), right after a trial
+"""``--resume`` after a SIGKILL of the driver at the worst moments: mid-trial, right after a
+trial's end was logged (Optuna already told, Ray's last snapshot older), right after a trial
 started (an Optuna trial Ray never saved), during the summary. Afterwards the Optuna
 study, Ray's experiment state and MLflow agree, trial for trial."""
 
@@ -41,6 +41,7 @@ class Resumed:
     uri: str
     run_dir: Path
     killed: list[str]  # what each killed driver printed
+    statuses: list[tuple[list[str], set[str]]]  # MLflow's parent and child statuses after each
     done: subprocess.CompletedProcess[str]  # the last --resume
 
     def study(self) -> optuna.Study:
@@ -61,23 +62,26 @@ def _killed_and_resumed(root: Path, space: Path, markers: list[str]) -> Resumed:
     uri = sqlite_store(root / "mlruns.db")
     args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
     args += ["--storage", str(root / "ray")]
-    killed = []
+    killed, statuses = [], []
     for i, marker in enumerate(markers):
         resume = ["--resume"] if i else []
         killed.append(sigkill_after(start_search(root, *args, *resume), marker))
+        _, parents, children = runs_of(uri)
+        statuses.append(([p.info.status for p in parents], {c.info.status for c in children}))
     done = run_cli(root, *args, "--resume")
     (run_dir,) = (root / "ray").iterdir()
-    return Resumed(uri, run_dir, killed, done)
+    return Resumed(uri, run_dir, killed, statuses, done)
 
 
 @pytest.fixture(scope="module")
 def killed_at_ends(tmp_path_factory: pytest.TempPathFactory) -> Resumed:
-    """4 trials, TPE + ASHA, 4 epochs: killed right after a trial's end was logged, resumed,
-    killed again right after the next end, then resumed to the end."""
+    """4 trials, TPE + ASHA, 4 epochs: killed mid-trial once a trial has reported twice (Ray's
+    last snapshot may be older), resumed, killed right after a trial's end was logged,
+    resumed, killed again right after the next end, then resumed to the end."""
     root = tmp_path_factory.mktemp("killed_at_ends")
     search = {"num_samples": 4, "max_concurrent": 2, "grace_period": 1, "reduction_factor": 2}
     space = write_space(root / "space.yaml", search=search)
-    return _killed_and_resumed(root, space, [ENDED, ENDED])
+    return _killed_and_resumed(root, space, ["epoch 2/4", ENDED, ENDED])
 
 
 @pytest.fixture(scope="module")
@@ -134,10 +138,22 @@ def _assert_all_agree(resumed: Resumed, n: int) -> None:
 def test_killed_right_after_trial_ends_resumes_to_one_trial_each(
     killed_at_ends: Resumed,
 ) -> None:
-    for out in killed_at_ends.killed:
+    for out in killed_at_ends.killed[1:]:
         assert ENDED in out, out[-3000:]
     assert "UpdateFinishedTrialError" not in killed_at_ends.done.stdout
     _assert_all_agree(killed_at_ends, 4)
+
+
+@pytest.mark.slow
+def test_killed_mid_trial_leaves_runs_running_that_resume_finishes(
+    killed_at_ends: Resumed,
+) -> None:
+    assert "epoch 2/4" in killed_at_ends.killed[0], killed_at_ends.killed[0][-3000:]
+    parents, children = killed_at_ends.statuses[0]
+    assert parents == ["RUNNING"] and "RUNNING" in children  # SIGKILL: nothing closed them
+    _, parents, children = runs_of(killed_at_ends.uri)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert {c.info.status for c in children} == {"FINISHED"}
 
 
 @pytest.mark.slow

@@ -10,14 +10,11 @@ import pytest
 
 from conftest import (
     TinySearch,
-    assert_one_value_per_step,
     assert_the_story,
     run_cli,
     runs_of,
     search_in,
-    sigkill_after,
     sqlite_store,
-    start_search,
     write_space,
 )
 from tune_losses.config import load_experiment
@@ -147,7 +144,7 @@ def test_bad_data_stops_before_any_run(tmp_path: Path) -> None:
         tmp_path / "space.yaml",
         data={"format": "folders", "root": str(tmp_path / "nowhere")},
     )
-    uri = sqlite_store(tmp_path / "mlruns.db")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
     assert proc.returncode == 2
     err = proc.stderr.strip()
@@ -169,7 +166,7 @@ def test_a_loss_that_cannot_run_stops_before_any_run(
     space = write_space(
         tmp_path / "space.yaml", loss={"decode": {"ce": {"weight": 1.0}, "focal": term}}
     )
-    uri = sqlite_store(tmp_path / "mlruns.db")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
     assert proc.returncode == 2
     err = proc.stderr.strip()
@@ -179,49 +176,12 @@ def test_a_loss_that_cannot_run_stops_before_any_run(
 
 def test_bad_space_writes_nothing(tmp_path: Path) -> None:
     space = write_space(tmp_path / "space.yaml", train={"epochs": 2, "optimiser": "adam"})
-    uri = sqlite_store(tmp_path / "mlruns.db")
+    uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
     proc = run_cli(tmp_path, "--space", str(space), "--tracking-uri", uri)
     assert proc.returncode == 2
     assert proc.stderr.strip() == f"error: {space}: train.optimiser: Extra inputs are not permitted"
     assert not (tmp_path / "mlruns.db").exists()
     assert not (tmp_path / "ray_results").exists()
-
-
-def fifo_search(tmp_path: Path, epochs: int) -> tuple[str, list[str]]:
-    """A 3-trial FIFO space of ``epochs`` epochs in ``tmp_path``: the store's URI and the
-    search's arguments (space, store, experiment ``e2e``, storage ``tmp_path/ray``)."""
-    space = write_space(
-        tmp_path / "space.yaml",
-        train={"epochs": epochs, "lr": 0.005},
-        search={"num_samples": 3, "max_concurrent": 2, "scheduler": "fifo"},
-    )
-    uri = sqlite_store(tmp_path / "mlruns.db")
-    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
-    return uri, [*args, "--storage", str(tmp_path / "ray")]
-
-
-@pytest.mark.slow
-def test_killed_driver_resumes_with_one_value_per_step(tmp_path: Path) -> None:
-    """SIGKILL of the driver once a trial has reported twice (Ray's last snapshot may be
-    older), then --resume: the reopened runs end FINISHED, no step logged twice."""
-    uri, args = fifo_search(tmp_path, epochs=4)
-    out = sigkill_after(start_search(tmp_path, *args), "epoch 2/4")
-    assert "epoch 2/4" in out, out[-3000:]
-    client, parents, children = runs_of(uri)
-    assert parents[0].info.status == "RUNNING"  # SIGKILL: nothing could close them
-    assert "RUNNING" in {c.info.status for c in children}
-
-    done = run_cli(tmp_path, *args, "--resume")
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    client, parents, children = runs_of(uri)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert len(children) == 3
-    assert len({c.data.tags["ray.trial_id"] for c in children}) == 3
-    for child in children:
-        assert child.info.status == "FINISHED"
-        assert_one_value_per_step(client, child)
-        steps = [m.step for m in client.get_metric_history(child.info.run_id, "epoch")]
-        assert steps == list(range(1, 5)), steps
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.name for p in SPACES])

@@ -71,7 +71,8 @@ def _saved_search(tmp_path: Path) -> tuple[Path, str]:
 
 
 def test_resume_restores_every_saved_setting(tmp_path: Path) -> None:
-    from tune_losses.tune.cli import build_parser, load_space, resume_command, resume_settings
+    from tune_losses.tune.cli import build_parser, load_space
+    from tune_losses.tune.resume import resume_command, resume_settings
 
     space, _ = _saved_search(tmp_path)
     args = build_parser().parse_args(

@@ -176,6 +176,29 @@ def compute(args: argparse.Namespace, stage: str) -> list[dict[str, Any]]:
     return rows
 
 
+def search_rows(args: argparse.Namespace, stage: str, top: int = 8) -> list[dict[str, Any]]:
+    """What the search saw on val: its leaderboard's first ``top`` configurations and every
+    baseline (seed means with ``search.repeats``), as the product ranks them."""
+    from tune_losses.tracking import load_trials
+
+    found = parent_of(args, stage)
+    if found is None:
+        return []
+    trials = [t for t in load_trials(*found) if not t.repeat_of]
+    shown = [t for t in trials if not t.baseline][:top] + [t for t in trials if t.baseline]
+    return [
+        {
+            "stage": stage,
+            "trial": t.name,
+            "status": t.status,
+            "epochs": t.epochs_run,
+            "best": t.best,
+            "seeds": [round(v, 2) for v in t.seeds],
+        }
+        for t in shown
+    ]
+
+
 def winner_losses(args: argparse.Namespace, arms: dict[str, Any]) -> dict[str, Any]:
     """The ``tpe`` stage's confirmed winner and best baseline: their ``loss`` sections."""
     plans = sorted((args.out / "tpe" / "ray").glob("*/confirm_arms.json"))
@@ -288,6 +311,14 @@ def markdown(result: dict[str, Any]) -> str:
             f"- {g['a']} − {g['b']}, {g['metric']}: {g['gain']:+.2f} "
             f"[{g['low']:+.2f}, {g['high']:+.2f}] (seeds {g['seeds']})"
         )
+    lines += ["", "What each search saw (best val mIoU; the seed mean of a repeated one):", ""]
+    lines += ["| stage | trial | status | epochs | best val mIoU | per seed |", "|---" * 6 + "|"]
+    for r in result["search"]:
+        seeds = " ".join(f"{v:.2f}" for v in r["seeds"]) or "-"
+        lines.append(
+            f"| {r['stage']} | {r['trial']} | {r['status']} | {r['epochs']} "
+            f"| {r['best']:.2f} | {seeds} |"
+        )
     lines += ["", "| stage | part | runs | epochs | wall (min) |", "|---|---|---|---|---|"]
     for c in result["compute"]:
         lines.append(
@@ -341,6 +372,7 @@ def report(args: argparse.Namespace) -> dict[str, Any]:
         "fullres_rows": full_rows,
         "fullres_gains": full_gains,
         "compute": compute(args, "tpe") + compute(args, "random"),
+        "search": search_rows(args, "tpe") + search_rows(args, "random"),
         "arms": {a: {str(s): m for s, m in seeds.items()} for a, seeds in arms.items()},
     }
     (args.out / "gain.json").write_text(json.dumps(result, indent=1))

@@ -14,8 +14,10 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+import yaml
 
 from conftest import ROOT, run_benchmark
+from tune_losses.tiny import tiny_experiment
 
 
 def bench_gain() -> ModuleType:
@@ -30,7 +32,9 @@ def bench_gain() -> ModuleType:
 
 
 @pytest.mark.slow
-def test_quick_study_reads_back_the_confirm_runs(tmp_path: Path) -> None:
+def test_quick_study_reads_back_the_confirm_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from mlflow.tracking import MlflowClient
 
     done = run_benchmark("bench_gain.py", tmp_path, "--stages", "tpe")
@@ -65,6 +69,36 @@ def test_quick_study_reads_back_the_confirm_runs(tmp_path: Path) -> None:
     table = (tmp_path / "gain.md").read_text()
     assert "| tpe t" in table and "| base ce |" in table and "Paired gains" in table
     assert (tmp_path / "per_class_iou.png").stat().st_size > 10_000
+
+    # the fullres stage trains the confirmed winner and the best baseline on another config
+    # (the tiny one here, in this process) and scores their last weights on the split
+    from tune_losses import evaluate, train
+
+    module = bench_gain()
+    clis = {"tune_losses.train": train.main, "tune_losses.evaluate": evaluate.main}
+    monkeypatch.setattr(module, "run", lambda cmd, log: _ok(clis[cmd[2]](cmd[3:])))
+    config = tmp_path / "tiny.yaml"
+    config.write_text(yaml.safe_dump(tiny_experiment()))
+    args = module.parse_args(["--out", str(tmp_path), "--fullres-config", str(config)])
+    args.fullres_seeds, args.fullres_epochs, args.split = [7], 1, "val"
+    module.fullres(args)
+    scores = module.fullres_scores(args)
+    best = next(r["arm"] for r in result["rows"] if r["arm"].startswith("tpe "))
+    assert sorted(scores) == sorted([best, "base ce"]) and all(
+        list(s) == [7] for s in scores.values()
+    )
+    plan = json.loads(next((tmp_path / "tpe" / "ray").glob("*/confirm_arms.json")).read_text())
+    arm = next(a for a in plan["arms"] if a["label"] == best.removeprefix("tpe "))
+    folder = module.fullres_folder(args, best, 7)
+    variant = yaml.safe_load((folder / "variant.yaml").read_text())
+    assert variant["loss"] == arm["config"]["experiment"]["loss"]
+    assert variant["train"]["seed"] == 7 and variant["train"]["epochs"] == 1
+    report = json.loads((folder / "eval_val.json").read_text())
+    assert scores[best][7]["mIoU"] == pytest.approx(report["mIoU"])
+
+
+def _ok(code: int) -> None:
+    assert code == 0
 
 
 def test_the_random_stage_searches_the_same_space_without_baselines(

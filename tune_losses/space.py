@@ -31,10 +31,16 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, Protocol
 
 from tune_losses.config import ConfigError, Experiment, validate_experiment
-from tune_losses.names import mlflow_name_problem
+from tune_losses.markers import (
+    FLOAT_MARKERS,
+    bounds_of,
+    categorical_name,
+    marker_of,
+    options_of,
+    resolve,
+    walk_markers,
+)
 
-MARKERS = ("uniform", "loguniform", "int", "choice", "grid")
-FLOAT_MARKERS = ("uniform", "loguniform")
 _FRACTIONAL = "Input should be a valid integer, got a number with a fractional part"
 
 
@@ -44,113 +50,6 @@ class SuggestTrial(Protocol):
     def suggest_float(self, name: str, low: float, high: float, *, log: bool = False) -> float: ...
     def suggest_int(self, name: str, low: int, high: int) -> int: ...
     def suggest_categorical(self, name: str, choices: list[Any]) -> Any: ...
-
-
-def marker_of(node: Any) -> str | None:
-    """The marker name if ``node`` is a one-key marker mapping, else None."""
-    if isinstance(node, Mapping) and len(node) == 1:
-        key = next(iter(node))
-        if key in MARKERS:
-            return key
-    return None
-
-
-def _label(option: Any, index: int) -> str:
-    """A short readable label for a choice option (used as the categorical value)."""
-    if option is None:
-        return "none"
-    if isinstance(option, bool | int | float | str):
-        return str(option)
-    if isinstance(option, Mapping):
-        for key in ("term", "schedule"):
-            if isinstance(option.get(key), str):
-                return option[key]
-        marker = marker_of(option)
-        if marker is not None:
-            return marker
-    return f"option{index}"
-
-
-def _options(name: str, node: Mapping[str, Any]) -> dict[str, Any]:
-    """The labelled options of a choice/grid marker, checked."""
-    raw = next(iter(node.values()))
-    if isinstance(raw, Mapping):
-        opts = {str(k): v for k, v in raw.items()}
-        for label in opts:  # a label names the parameters of its option's markers
-            problem = mlflow_name_problem(label)
-            if problem is not None:
-                raise ConfigError(f"{name}: option {problem}")
-    elif isinstance(raw, list):
-        labels = [_label(o, i) for i, o in enumerate(raw)]
-        if len(set(labels)) != len(labels) or any(map(mlflow_name_problem, labels)):
-            labels = [f"option{i}" for i in range(len(raw))]
-        opts = dict(zip(labels, raw, strict=True))
-    else:
-        raise ConfigError(f"{name}: {marker_of(node)} expects a list or a mapping of options")
-    if not opts:
-        raise ConfigError(f"{name}: {marker_of(node)} needs at least one option")
-    return opts
-
-
-def _bounds(name: str, node: Mapping[str, Any]) -> tuple[float, float]:
-    kind = marker_of(node)
-    raw = node[kind]
-    if (
-        not isinstance(raw, list | tuple)
-        or len(raw) != 2
-        or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in raw)
-    ):
-        raise ConfigError(f"{name}: {kind} expects [low, high], got {raw!r}")
-    lo, hi = raw
-    if not lo < hi:
-        raise ConfigError(f"{name}: {kind} needs low < high, got [{lo}, {hi}]")
-    if kind == "loguniform" and lo <= 0:
-        raise ConfigError(f"{name}: loguniform needs low > 0, got {lo}")
-    if kind == "int" and not (float(lo).is_integer() and float(hi).is_integer()):
-        raise ConfigError(f"{name}: int expects integer bounds, got [{lo}, {hi}]")
-    return lo, hi
-
-
-def _join(path: str, key: str) -> str:
-    return f"{path}.{key}" if path else key
-
-
-def _walk_markers(node: Any, path: str = "") -> Iterator[tuple[str, Mapping[str, Any]]]:
-    """Every marker in the tree with its parameter name, options' markers included."""
-    kind = marker_of(node)
-    if kind in ("choice", "grid"):
-        yield path, node
-        for label, opt in _options(path, node).items():
-            yield from _walk_markers(opt, _join(path, label))
-    elif kind is not None:
-        yield path, node
-    elif isinstance(node, Mapping):
-        for key, child in node.items():
-            yield from _walk_markers(child, _join(path, str(key)))
-    elif isinstance(node, list):
-        for i, child in enumerate(node):
-            yield from _walk_markers(child, _join(path, str(i)))
-
-
-def _resolve(node: Any, path: str, pick: Callable[[str, Mapping[str, Any]], Any]) -> Any:
-    """A concrete copy of ``node``: each marker replaced by ``pick(name, marker)``'s choice."""
-    kind = marker_of(node)
-    if kind in ("choice", "grid"):
-        opts = _options(path, node)
-        label = pick(path, node)
-        opt = opts[label]
-        return _resolve(opt, _join(path, label), pick)
-    if kind is not None:
-        return pick(path, node)
-    if isinstance(node, Mapping):
-        return {k: _resolve(v, _join(path, str(k)), pick) for k, v in node.items()}
-    if isinstance(node, list):
-        return [_resolve(v, _join(path, str(i)), pick) for i, v in enumerate(node)]
-    return copy.deepcopy(node)
-
-
-def _categorical_name(path: str, node: Mapping[str, Any]) -> str:
-    return _join(path, marker_of(node) if marker_of(node) == "grid" else "choice")
 
 
 class SearchSpace:
@@ -167,14 +66,14 @@ class SearchSpace:
             raise
 
     def _check(self) -> None:
-        self.markers = list(_walk_markers(self.raw))
+        self.markers = list(walk_markers(self.raw))
         for name, _ in self.markers:
             if name.startswith(("search.baselines.", "search.confirm.")):
                 what = ".".join(name.split(".")[:3])
                 raise ConfigError(f"{what}: no search markers here ({name}); it is fixed")
         for name, node in self.markers:
             if marker_of(node) in ("uniform", "loguniform", "int"):
-                _bounds(name, node)
+                bounds_of(name, node)
         self.grid_only = bool(self.markers) and all(marker_of(n) == "grid" for _, n in self.markers)
         if self.grid_only and any(marker_of(o) for _, n in self.markers for o in _opts_of(n)):
             raise ConfigError("grid options may not hold further markers")
@@ -189,7 +88,7 @@ class SearchSpace:
         variants: list[dict[str, Any]] = [firsts, highs]
         for name, node in self.markers:
             if marker_of(node) in ("choice", "grid"):
-                for label in _options(name, node):
+                for label in options_of(name, node):
                     variants.append({**firsts, name: label})
         self._check_some_term()
         self.variants = [self.validate(self._concrete(chosen)) for chosen in variants]
@@ -197,14 +96,14 @@ class SearchSpace:
 
     def _concrete(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
         """The tree with each marker at ``chosen[name]`` where given, else its first value."""
-        return _resolve(self.raw, "", lambda n, node: _pick(chosen, n, node))
+        return resolve(self.raw, "", lambda n, node: _pick(chosen, n, node))
 
     def _check_integer_fields(self, options: list[dict[str, Any]]) -> None:
         """Validate every branch once more with each uniform/loguniform marker at a fractional
         inner point: on a field that takes integers (``train.epochs``) the error says to use
         ``int`` rather than failing the trials that draw a fraction."""
         inner = {
-            name: _fractional(*_bounds(name, node))
+            name: _fractional(*bounds_of(name, node))
             for name, node in self.markers
             if marker_of(node) in FLOAT_MARKERS
         }
@@ -228,7 +127,7 @@ class SearchSpace:
         for name, node in reversed(self.markers):
             if name.startswith("loss") and marker_of(node) in ("choice", "grid"):
                 chosen[name] = min(
-                    _options(name, node),
+                    options_of(name, node),
                     key=lambda label, n=name: _count_terms(self._concrete({**chosen, n: label})),
                 )
         picked: list[str] = []
@@ -239,7 +138,7 @@ class SearchSpace:
                 picked.append(f"{name}: {value}")
             return value
 
-        if chosen and _count_terms(_resolve(self.raw, "", record)) == 0:
+        if chosen and _count_terms(resolve(self.raw, "", record)) == 0:
             raise ConfigError(
                 f"loss: choosing {', '.join(picked)} switches every term off; "
                 "a trial needs at least one term (a head with no term is simply off)"
@@ -250,8 +149,8 @@ class SearchSpace:
         """A marker's first option, or its low (``high``: its high) bound."""
         kind = marker_of(node)
         if kind in ("choice", "grid"):
-            return next(iter(_options(name, node)))
-        value = _bounds(name, node)[1 if high else 0]
+            return next(iter(options_of(name, node)))
+        value = bounds_of(name, node)[1 if high else 0]
         return int(value) if kind == "int" else value
 
     def validate(self, concrete: Mapping[str, Any]) -> Experiment:
@@ -269,14 +168,14 @@ class SearchSpace:
         def pick(name: str, node: Mapping[str, Any]) -> Any:
             kind = marker_of(node)
             if kind in ("choice", "grid"):
-                labels = list(_options(name, node))
-                return trial.suggest_categorical(_categorical_name(name, node), labels)
-            lo, hi = _bounds(name, node)
+                labels = list(options_of(name, node))
+                return trial.suggest_categorical(categorical_name(name, node), labels)
+            lo, hi = bounds_of(name, node)
             if kind == "int":
                 return trial.suggest_int(name, int(lo), int(hi))
             return trial.suggest_float(name, float(lo), float(hi), log=kind == "loguniform")
 
-        return _resolve(self.raw, "", pick)
+        return resolve(self.raw, "", pick)
 
     def resolve(self, params: Mapping[str, Any]) -> Experiment:
         """The validated experiment for sampled ``params`` (Optuna names, as in
@@ -285,10 +184,10 @@ class SearchSpace:
         def pick(name: str, node: Mapping[str, Any]) -> Any:
             kind = marker_of(node)
             if kind in ("choice", "grid"):
-                return params[_categorical_name(name, node)]
+                return params[categorical_name(name, node)]
             return params[name]
 
-        return self.validate(_resolve(self.raw, "", pick))
+        return self.validate(resolve(self.raw, "", pick))
 
     def baselines(self) -> dict[str, Experiment]:
         """Each ``search.baselines`` entry's experiment: the space with its loss replaced by
@@ -303,7 +202,7 @@ class SearchSpace:
     def numeric_markers(self) -> dict[str, tuple[str, float, float]]:
         """``{name: (kind, low, high)}`` of every uniform, loguniform and int marker."""
         return {
-            name: (marker_of(node), *_bounds(name, node))
+            name: (marker_of(node), *bounds_of(name, node))
             for name, node in self.markers
             if marker_of(node) in ("uniform", "loguniform", "int")
         }
@@ -314,7 +213,7 @@ class SearchSpace:
 
     def grid(self) -> dict[str, list[Any]]:
         """Optuna GridSampler's search space (only for a grid-only space)."""
-        return {_categorical_name(n, node): list(_options(n, node)) for n, node in self.markers}
+        return {categorical_name(n, node): list(options_of(n, node)) for n, node in self.markers}
 
     @property
     def max_epochs(self) -> int:
@@ -340,10 +239,10 @@ class SearchSpace:
     def grid_points(self) -> Iterator[dict[str, Any]]:
         """Every concrete tree of a grid-only space."""
         names = [n for n, _ in self.markers]
-        labels = [list(_options(n, node)) for n, node in self.markers]
+        labels = [list(options_of(n, node)) for n, node in self.markers]
         for combo in itertools.product(*labels):
             chosen = dict(zip(names, combo, strict=True))
-            yield _resolve(self.raw, "", lambda n, _node, c=chosen: c[n])
+            yield resolve(self.raw, "", lambda n, _node, c=chosen: c[n])
 
 
 class DefineByRun:
@@ -362,7 +261,7 @@ def _pick(chosen: Mapping[str, Any], name: str, node: Mapping[str, Any]) -> Any:
     value = chosen.get(name)
     kind = marker_of(node)
     if kind in ("choice", "grid"):
-        return value if value in _options(name, node) else SearchSpace._first(name, node)
+        return value if value in options_of(name, node) else SearchSpace._first(name, node)
     return SearchSpace._first(name, node) if value is None else value
 
 

@@ -12,7 +12,7 @@ import pytest
 from scipy.stats import t as student_t
 
 from conftest import write_space
-from tune_losses.config import ConfigError
+from tune_losses.config import ConfigError, Experiment
 from tune_losses.space import SearchSpace
 from tune_losses.tiny import tiny_experiment
 from tune_losses.tracking import ConfirmArm, TrialRecord, confirm_outcome, paired_interval
@@ -175,3 +175,65 @@ def test_the_winner_is_the_best_mean_and_the_gain_pairs_common_seeds() -> None:
     assert out.winner.label == "base mf" and out.searched.label == "t02"
     assert out.gain == pytest.approx(paired_interval([9.0, 9.0]))
     assert confirm_outcome(arms[:2], "val/mIoU").gain is None
+
+
+def test_scores_on_another_split_reach_the_child_run(tmp_path: Path) -> None:
+    """A confirm run scored on ``test``: the trainable's scores carry their split, so the
+    child run keeps ``test/...`` (Ray's bookkeeping and unnamed splits stay out)."""
+    import shutil
+
+    from test_data import make_folders
+
+    from tune_losses.engine import Trainer
+    from tune_losses.tracking import numeric_metrics
+    from tune_losses.tune.trainable import split_scores
+
+    (tmp_path / "data").mkdir()
+    root = make_folders(tmp_path / "data")
+    shutil.copytree(root / "val", root / "test")
+    raw = tiny_experiment(data={"format": "folders", "root": str(root), "batch_size": 2})
+    trainer = Trainer(Experiment.model_validate(raw))
+    result = {"val/mIoU": 10.0, "training_iteration": 1, **split_scores(trainer, "test")}
+    kept = numeric_metrics(result)
+    val, _ = trainer.evaluate()  # test is a copy of val: the same scores
+    assert kept["test/mIoU"] == pytest.approx(val["val/mIoU"])
+    assert {k for k in kept if k.startswith("test/IoU/")} == {
+        f"test/{k[4:]}" for k in val if k.startswith("val/IoU/")
+    }
+    assert "training_iteration" not in kept
+    assert not any(k.startswith("test/") for k in numeric_metrics({"test/mIoU": 1.0}))
+
+
+def test_scores_missing_from_a_confirm_run_are_logged_from_ray(tmp_path: Path) -> None:
+    """Ray's last result of a confirm trial holds its ``test/...`` scores; a child run that
+    lacks them (a driver killed between the two, an older version) gets them, once."""
+    from types import SimpleNamespace
+
+    from mlflow.tracking import MlflowClient
+
+    from conftest import sqlite_store
+    from tune_losses.tracking import PARENT_TAG, TRIAL_TAG
+    from tune_losses.tune.confirm import log_missing_scores
+
+    client = MlflowClient(sqlite_store(tmp_path / "m.db"))
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp).info.run_id
+    runs = {}
+    for trial in ("a", "b"):
+        runs[trial] = client.create_run(exp, tags={PARENT_TAG: parent, TRIAL_TAG: trial})
+        client.log_metric(runs[trial].info.run_id, "val/mIoU", 30.0, step=4)
+    client.log_metric(runs["b"].info.run_id, "test/mIoU", 33.0, step=4)  # b logged its own
+    last = {"training_iteration": 4, "val/mIoU": 30.0, "test/mIoU": 41.5, "test/IoU/road": 90.0}
+    results = [
+        SimpleNamespace(metrics={**last, "trial_id": "a"}),
+        SimpleNamespace(metrics={**last, "trial_id": "b"}),
+        SimpleNamespace(metrics={"trial_id": "c", "test/mIoU": 1.0}),  # no run: passed over
+    ]
+    assert log_missing_scores(client, parent, results, "test") == 2
+    a = client.get_run(runs["a"].info.run_id).data.metrics
+    assert (a["test/mIoU"], a["test/IoU/road"]) == (41.5, 90.0)
+    history = client.get_metric_history(runs["a"].info.run_id, "test/mIoU")
+    assert [(m.step, m.value) for m in history] == [(4, 41.5)]
+    b = client.get_run(runs["b"].info.run_id).data.metrics
+    assert b["test/mIoU"] == 33.0 and b["test/IoU/road"] == 90.0  # what it had is kept
+    assert log_missing_scores(client, parent, results, "test") == 0

@@ -85,6 +85,7 @@ from tune_losses.tracking.names import (
     REPEAT_TAG,
     REPORT_DIR,
     RUN_FILE,
+    SCORED_SPLIT,
     SEED_TAG,
     STEP_METRIC,
     STOP_TAG,
@@ -118,7 +119,7 @@ from tune_losses.tracking.readers import (
 )
 from tune_losses.tracking.search_tracker import SearchTracker
 from tune_losses.tracking.story import STORY_TOP, run_link, search_story, trial_counts
-from tune_losses.tracking.writers import RunLogger
+from tune_losses.tracking.writers import RunLogger, log_scores
 
 __all__ = [
     "GAIN",
@@ -192,7 +193,9 @@ __all__ = [
     "leaderboard_csv",
     "leaderboard_rows",
     "load_trials",
+    "log_scores",
     "metric_history",
+    "SCORED_SPLIT",
     "numeric_metrics",
     "open_client",
     "package_versions",

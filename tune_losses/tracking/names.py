@@ -87,9 +87,16 @@ def trial_run_name(number: int, config: Mapping[str, Any]) -> str:
     return f"{name} {'+'.join(chosen)}" if chosen else name
 
 
+SCORED_SPLIT = "scored_split"  # in an epoch's result: the split of its ``<split>/...`` scores
+
+
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:
-    """The numbers of an epoch's result worth plotting (ours, not Ray's bookkeeping)."""
-    keep = ("train/", "val/", "weight/", "time/", "best_")
+    """The numbers of an epoch's result worth plotting (ours, not Ray's bookkeeping), with
+    the scores on another split (``test/mIoU``) where the result names it (:data:`SCORED_SPLIT`)."""
+    keep: tuple[str, ...] = ("train/", "val/", "weight/", "time/", "best_")
+    split = result.get(SCORED_SPLIT)
+    if isinstance(split, str) and split:
+        keep += (f"{split}/",)
     extra = ("lr", "epoch")
     out = {}
     for key, value in result.items():

@@ -20,6 +20,19 @@ _PARAM_MAX = 6000
 _BATCH = 100
 
 
+def log_scores(client: MlflowClient, run_id: str, scores: Mapping[str, Any], step: int) -> None:
+    """Log the finite numbers of ``scores`` to ``run_id`` at ``step``, whatever their names
+    (a confirm run's ``test/...`` scores read back from Ray)."""
+    ts = int(time.time() * 1000)
+    metrics = [
+        Metric(k, float(v), ts, step)
+        for k, v in scores.items()
+        if isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    ]
+    for i in range(0, len(metrics), _BATCH):
+        client.log_batch(run_id, metrics=metrics[i : i + _BATCH])
+
+
 class _Writer:
     """An MLflow client on one store and experiment, with batched params and metrics."""
 

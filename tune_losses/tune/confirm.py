@@ -166,6 +166,31 @@ def run_confirm(
     return tuner.fit(), len(configs)
 
 
+def log_missing_scores(client: Any, parent_id: str, results: Any, split: str) -> int:
+    """Log to each confirm run the ``<split>/...`` scores of its trial's last result that
+    MLflow lacks: Ray's state holds every trial's last result, the child run may not (a
+    driver killed between the two, or a run logged by a version that dropped them); returns
+    how many runs were completed."""
+    from tune_losses.tracking import TrackingError, find_trial_run, log_scores
+
+    completed = 0
+    for result in results:
+        metrics = result.metrics or {}
+        scores = {k: v for k, v in metrics.items() if k.startswith(f"{split}/")}
+        if not scores or "trial_id" not in metrics:
+            continue
+        try:
+            run = find_trial_run(client, parent_id, metrics["trial_id"])
+        except TrackingError:
+            continue
+        missing = {k: v for k, v in scores.items() if k not in run.data.metrics}
+        if missing:
+            step = int(metrics.get("training_iteration", metrics.get("epoch", 0)))
+            log_scores(client, run.info.run_id, missing, step)
+            completed += 1
+    return completed
+
+
 def finished(results: Any, expected: int) -> bool:
     """Whether every confirm trial ended (terminated or errored), not stopped by Ctrl-C."""
     return len(results) >= expected and results.num_terminated + results.num_errors >= expected
@@ -196,6 +221,7 @@ def confirm_stage(
     grid, expected = run_confirm(space, run_dir, doc, tracker, state["max_epochs"])
     if tracker.open_children() or not finished(grid, expected):
         return None
+    log_missing_scores(tracker.client, tracker.parent_id, grid, doc["split"])
     parent = tracker.client.get_run(tracker.parent_id)
     arms = load_confirm(tracker.client, parent, doc["score"])
     return confirm_outcome(arms, doc["score"], doc["mode"]), doc

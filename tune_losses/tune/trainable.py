@@ -23,6 +23,7 @@ from ray import tune
 
 from tune_losses.config import Experiment
 from tune_losses.engine import Trainer
+from tune_losses.tracking import SCORED_SPLIT
 
 EXPERIMENT_KEY = "experiment"
 CONFIRM_KEY = "confirm"  # in a confirm run's config: its arm (``t03``, ``base ce``)
@@ -120,11 +121,14 @@ def _last_epoch(trainer: Trainer) -> bool:
     return trainer.epoch >= trainer.exp.train.last_epoch() or trainer.stopped_early
 
 
-def split_scores(trainer: Trainer, split: str) -> dict[str, float]:
+def split_scores(trainer: Trainer, split: str) -> dict[str, Any]:
     """The trainer's current weights scored on ``split`` (a data folder, e.g. ``test``):
-    :meth:`Trainer.evaluate`'s metrics renamed from ``val/...`` to ``<split>/...``."""
+    :meth:`Trainer.evaluate`'s metrics renamed from ``val/...`` to ``<split>/...``, and the
+    split under :data:`~tune_losses.tracking.SCORED_SPLIT` so that the child run keeps them."""
     from tune_losses.data import build_split_loader
 
     loader = build_split_loader(trainer.exp.data, split, device_type=trainer.device.type)
     scores, _ = trainer.evaluate(loader=loader)
-    return {f"{split}/{k.removeprefix('val/')}": v for k, v in scores.items()}
+    out: dict[str, Any] = {f"{split}/{k.removeprefix('val/')}": v for k, v in scores.items()}
+    out[SCORED_SPLIT] = split
+    return out

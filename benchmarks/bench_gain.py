@@ -121,7 +121,7 @@ def search(args: argparse.Namespace, stage: str) -> None:
 def confirm_runs(args: argparse.Namespace, stage: str) -> dict[str, dict[int, dict[str, float]]]:
     """``{arm: {seed: metrics}}`` of the stage's finished confirm runs (``<split>/...``
     names without the split), arms labelled ``<stage> <arm>`` and baselines ``base <name>``."""
-    from tune_losses.tracking import CONFIRM_TAG, PARENT_TAG, SEED_TAG
+    from tune_losses.tracking import CONFIRM_TAG, PARENT_TAG, SEED_TAG, TRIAL_TAG
     from tune_losses.tracking.readers import search_all
 
     found = parent_of(args, stage)
@@ -137,13 +137,30 @@ def confirm_runs(args: argparse.Namespace, stage: str) -> dict[str, dict[int, di
             continue
         label = tags[CONFIRM_TAG]
         label = label if label.startswith("base ") else f"{stage} {label}"
-        metrics = {
+        metrics = child.data.metrics
+        if f"{split}/mIoU" not in metrics:  # not logged yet: the trial's last result in Ray
+            metrics = ray_results(args, stage).get(tags.get(TRIAL_TAG, ""), {})
+        scores = {
             k.removeprefix(f"{split}/"): v
-            for k, v in child.data.metrics.items()
-            if k.startswith(f"{split}/")
+            for k, v in metrics.items()
+            if k[: len(split) + 1] == f"{split}/"
         }
-        arms.setdefault(label, {})[int(tags[SEED_TAG])] = metrics
+        if scores:
+            arms.setdefault(label, {})[int(tags[SEED_TAG])] = scores
     return arms
+
+
+def ray_results(args: argparse.Namespace, stage: str) -> dict[str, dict[str, Any]]:
+    """``{trial_id: last result}`` of the stage's confirm trials, from Ray's trial folders: a
+    confirm stage still running (or stopped) logs its scores to MLflow at its end for the
+    runs whose own logging missed them (``tune.confirm.log_missing_scores``)."""
+    out = {}
+    for path in (args.out / stage / "ray").glob("*/confirm/*/result.json"):
+        lines = path.read_text().strip().splitlines()
+        if lines:
+            last = json.loads(lines[-1])
+            out[str(last.get("trial_id"))] = last
+    return out
 
 
 def compute(args: argparse.Namespace, stage: str) -> list[dict[str, Any]]:

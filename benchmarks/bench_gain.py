@@ -131,6 +131,7 @@ def confirm_runs(args: argparse.Namespace, stage: str) -> dict[str, dict[int, di
     split = args.split
     query = f"tags.`{PARENT_TAG}` = '{parent.info.run_id}' and attributes.status = 'FINISHED'"
     arms: dict[str, dict[int, dict[str, float]]] = {}
+    ray: dict[str, dict[str, Any]] | None = None  # Ray's last results, read once if needed
     for child in search_all(client, parent.info.experiment_id, query):
         tags = child.data.tags
         if CONFIRM_TAG not in tags:
@@ -139,7 +140,8 @@ def confirm_runs(args: argparse.Namespace, stage: str) -> dict[str, dict[int, di
         label = label if label.startswith("base ") else f"{stage} {label}"
         metrics = child.data.metrics
         if f"{split}/mIoU" not in metrics:  # not logged yet: the trial's last result in Ray
-            metrics = ray_results(args, stage).get(tags.get(TRIAL_TAG, ""), {})
+            ray = ray if ray is not None else ray_results(args, stage)
+            metrics = ray.get(tags.get(TRIAL_TAG, ""), {})
         scores = {
             k.removeprefix(f"{split}/"): v
             for k, v in metrics.items()

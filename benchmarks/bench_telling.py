@@ -32,10 +32,10 @@ def one(mode: str, seed: int, args: argparse.Namespace) -> int:
     """Run one search in this process with the given telling; returns its exit code."""
     from ray.tune.search.optuna import OptunaSearch
 
-    from tune_losses.tune import cli, tuner
+    from tune_losses.tune import cli, searcher
 
     if mode == "complete":
-        tuner.TellingOptunaSearch.on_trial_complete = OptunaSearch.on_trial_complete
+        searcher.TellingOptunaSearch.on_trial_complete = OptunaSearch.on_trial_complete
     run = Path(args.out) / f"{mode}-seed{seed}"
     return cli.main(
         [

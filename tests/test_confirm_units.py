@@ -19,8 +19,8 @@ from tune_losses.tracking import ConfirmArm, TrialRecord, confirm_outcome, paire
 from tune_losses.tune.cli import main
 from tune_losses.tune.confirm import fresh_seeds, pick_arms, score_metric, trial_configs
 from tune_losses.tune.intensify import BASELINE_KEY, REPEAT_KEY, Intensifier
+from tune_losses.tune.searcher import TellingOptunaSearch
 from tune_losses.tune.trainable import CONFIRM_KEY, EXPERIMENT_KEY, SPLIT_KEY
-from tune_losses.tune.tuner import TellingOptunaSearch
 
 CE = {"decode": {"ce": {"weight": 1.0}}}
 

@@ -12,8 +12,8 @@ from ray.tune.search import Searcher
 from tune_losses.space import SearchSpace
 from tune_losses.tiny import tiny_experiment
 from tune_losses.tune.intensify import DUPLICATE_ATTR, REPEAT_KEY, Intensifier
+from tune_losses.tune.searcher import TellingOptunaSearch
 from tune_losses.tune.trainable import EXPERIMENT_KEY
-from tune_losses.tune.tuner import TellingOptunaSearch
 
 METRIC = "best_val_mIoU"
 EPOCHS = 2

@@ -1,4 +1,4 @@
-"""The sampler and scheduler a search is built with (``tune_losses.tune.tuner``)."""
+"""The sampler and scheduler a search is built with (``tune.searcher``, ``tune.schedulers``)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from tune_losses.space import SearchSpace
-from tune_losses.tune.tuner import make_sampler
+from tune_losses.tune.searcher import make_sampler
 
 GRID = {"loss": {"decode": {"ce": {"weight": {"grid": [0.5, 1.0]}}}}}
 RANDOM = {"loss": {"decode": {"ce": {"weight": {"uniform": [0.5, 1.0]}}}}}
@@ -47,7 +47,7 @@ CE = "loss.decode.ce.weight.grid"  # grid options are stored as their text
 
 
 def _searcher(space: SearchSpace, url: str) -> Any:
-    from tune_losses.tune.tuner import TellingOptunaSearch
+    from tune_losses.tune.searcher import TellingOptunaSearch
 
     return TellingOptunaSearch(
         space=space.define_by_run(),

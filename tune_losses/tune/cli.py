@@ -89,7 +89,7 @@ def dry_run(space: SearchSpace, n: int = 3) -> None:
     """Print ``n`` sampled trial configs (validated), without Ray or MLflow."""
     import optuna
 
-    from tune_losses.tune.tuner import make_sampler
+    from tune_losses.tune.searcher import make_sampler
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(direction="maximize", sampler=make_sampler(space))
@@ -194,8 +194,9 @@ def _fit(args: argparse.Namespace, space: SearchSpace, search: SearchRun, tracke
     from ray import tune
 
     from tune_losses.tune.callback import TrialLogger
+    from tune_losses.tune.searcher import study_storage
     from tune_losses.tune.trainable import train_trial
-    from tune_losses.tune.tuner import new_tuner, restore_tuner, study_storage
+    from tune_losses.tune.tuner import new_tuner, restore_tuner
 
     cfg = space.experiment.search
     resources = {"cpu": cfg.cpus_per_trial, "gpu": cfg.gpus_per_trial}

@@ -1,7 +1,7 @@
 """Between Ray and the Optuna searcher: contenders repeated at more seeds, no duplicate
 retrained, no more random start-up trials than asked.
 
-:class:`Intensifier` wraps :class:`~tune_losses.tune.tuner.TellingOptunaSearch` the way
+:class:`Intensifier` wraps :class:`~tune_losses.tune.searcher.TellingOptunaSearch` the way
 Ray's ``ConcurrencyLimiter`` does (a ``searcher`` attribute; Ray saves its state beside the
 Optuna searcher's), and owns the search's budget: ``search.num_samples`` configurations,
 then ``Searcher.FINISHED`` (Ray is given an unbounded ``num_samples``).
@@ -198,7 +198,7 @@ class Intensifier(Searcher):
 
     def _contender(self, result: dict[str, Any], value: float) -> bool:
         """Whether a first run that ended COMPLETE would be the best so far."""
-        from tune_losses.tune.tuner import trial_state
+        from tune_losses.tune.searcher import trial_state
 
         if trial_state(result, False) != "COMPLETE" or not math.isfinite(value):
             return False

@@ -105,6 +105,29 @@ def test_bad_input_is_one_line_and_writes_nothing(
     assert sorted(p.name for p in run.iterdir()) == before
 
 
+@pytest.mark.parametrize("cut", [0, 100], ids=["empty", "truncated"])
+def test_a_damaged_checkpoint_is_one_line(tiny_run: Path, tmp_path: Path, capsys, cut: int) -> None:
+    run = _copy_run(tiny_run, tmp_path / "run")
+    state = run / "state.pt"
+    state.write_bytes(state.read_bytes()[:cut])
+    assert evaluate.main(["--run", str(run)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith(f"error: {state}: "), err
+    assert not (run / "eval_val.json").exists()
+
+
+def test_log_to_a_store_that_is_not_there_makes_none(
+    tiny_run: Path, tmp_path: Path, capsys
+) -> None:
+    store = tmp_path / "elsewhere" / "mlruns.db"
+    store.parent.mkdir()
+    flags = ["--log-to", "0" * 32, "--tracking-uri", f"sqlite:///{store}"]
+    assert evaluate.main(["--run", str(tiny_run), *flags]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no MLflow store" in err, err
+    assert list(store.parent.iterdir()) == []
+
+
 def test_mlflow_logs_to_the_training_run(tiny_run: Path, tmp_path: Path) -> None:
     run = _copy_run(tiny_run, tmp_path / "run")
     where = json.loads((run / "mlflow_run.json").read_text())

@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import pickle
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -153,11 +154,6 @@ def search_target(folder: Path) -> Target:
     return Target(config, checkpoint, folder, trial_id)
 
 
-def _split_folder(exp: Experiment, split: str) -> str:
-    """The data folder that ``--split`` names: train and val are the run's own splits."""
-    return {"train": exp.data.train_split, "val": exp.data.val_split}.get(split, split)
-
-
 def _nan_to_none(values: Sequence[float]) -> list[float | None]:
     return [None if math.isnan(v) else float(v) for v in values]
 
@@ -266,7 +262,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         target = run_target(args.run) if args.run is not None else search_target(args.search)
         exp = load_experiment(target.config, args.overrides)
-        from tune_losses.data import build_split_loader
+        from tune_losses.data import build_split_loader, split_folder
         from tune_losses.engine import Trainer, read_summary
 
         try:
@@ -274,16 +270,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             trainer.load(target.checkpoint)
         except ConfigError as exc:
             raise ConfigError(f"{target.config}: {exc}") from None
-        except (RuntimeError, KeyError) as exc:  # a state that does not fit the model
-            first = str(exc).splitlines()[0]
+        except (RuntimeError, KeyError, EOFError, pickle.UnpicklingError) as exc:
+            # a state that does not fit the model, or a truncated or corrupt file
+            first = (str(exc).splitlines() or [f"unreadable ({type(exc).__name__})"])[0]
             raise EvaluateError(f"{target.checkpoint / 'state.pt'}: {first}") from None
-        split = _split_folder(exp, args.split)
+        split = split_folder(exp.data, args.split)
         loader = build_split_loader(
-            exp.data, split, limit=args.limit, device_type=trainer.device.type
+            exp.data, args.split, limit=args.limit, device_type=trainer.device.type
         )
         logger = _log_target(args, target, exp)
     except (ConfigError, DataError, ValueError) as exc:  # EvaluateError, TrackingError too
-        print(f"error: {exc}", file=sys.stderr)
+        print(f"error: {exc}".splitlines()[0], file=sys.stderr)
         return 2
     summary = read_summary(target.checkpoint) or {}
     best_epoch = summary.get("best_epoch")

@@ -12,6 +12,7 @@ from tune_losses.data.dataset import (
     build_datasets,
     build_loaders,
     build_split_loader,
+    split_folder,
 )
 from tune_losses.data.validate import DataError
 
@@ -22,4 +23,5 @@ __all__ = [
     "build_datasets",
     "build_loaders",
     "build_split_loader",
+    "split_folder",
 ]

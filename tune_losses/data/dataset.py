@@ -176,6 +176,15 @@ def build_datasets(cfg: DataConfig) -> tuple[Dataset, Dataset, DatasetInfo]:
     return train_ds, val_ds, info
 
 
+def split_folder(cfg: DataConfig, split: str) -> str:
+    """The split that ``split`` names in ``cfg``'s data: ``train`` and ``val`` are the run's
+    own (``data.train_split``, ``data.val_split``; the synthetic set's names), any other
+    name a folder of the data."""
+    if cfg.format == "synthetic":
+        return split
+    return {"train": cfg.train_split, "val": cfg.val_split}.get(split, split)
+
+
 def build_split_loader(
     cfg: DataConfig, split: str, *, limit: int | None = None, device_type: str = "cpu"
 ) -> DataLoader:
@@ -183,17 +192,16 @@ def build_split_loader(
     no augmentation) and batched as the val loader of :func:`build_loaders` is, so that the
     val split gives the same batches; what ``python -m tune_losses.evaluate`` scores.
 
-    ``split`` is a folder name (``test``), or ``train`` / ``val`` for the synthetic data,
-    which has no other split; a split the data lacks raises :class:`DataError`. Its first
-    ``limit`` samples are read; ``None``: ``max_train`` / ``max_val`` for ``train_split`` /
-    ``val_split`` (what the run trained and validated on), any other split whole.
+    ``split`` is ``train`` or ``val`` (the run's own splits, :func:`split_folder`) or a
+    folder of the data (``test``); a split the data lacks raises :class:`DataError`. Its
+    first ``limit`` samples are read; ``None``: ``max_train`` / ``max_val`` for the run's
+    train / val split (what it trained and validated on), any other split whole.
     """
+    folder = split_folder(cfg, split)
     if limit is None:
-        train, val = cfg.train_split, cfg.val_split
-        if cfg.format == "synthetic":
-            train, val = "train", "val"
-        limit = {train: cfg.max_train, val: cfg.max_val}.get(split)
-    data = _load_split(cfg, split, limit)
+        limit = {split_folder(cfg, "train"): cfg.max_train, split_folder(cfg, "val"): cfg.max_val}
+        limit = limit.get(folder)
+    data = _load_split(cfg, folder, limit)
     dataset = SegmentationDataset(
         data.source, build_val_transform(cfg.pad_multiple, cfg.ignore_index, cfg.scale)
     )

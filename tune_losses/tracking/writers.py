@@ -91,8 +91,11 @@ class RunLogger(_Writer):
     @classmethod
     def attach(cls, uri: str, run_id: str) -> RunLogger:
         """A logger on an existing run (a finished training run that an evaluation adds
-        to); a run the store lacks is a :class:`TrackingError`."""
-        client = MlflowClient(tracking_uri=uri)
+        to); a run or a sqlite store that is not there is a :class:`TrackingError` (no
+        empty store is made)."""
+        from tune_losses.tracking.readers import open_client
+
+        client = open_client(uri)
         try:
             run = client.get_run(run_id)
         except MlflowException:

@@ -57,6 +57,26 @@ BAD_SPACE: dict[str, tuple[dict[str, Any], str]] = {
         "loss: choosing loss.aux.ce: none, loss.decode: off switches every term off",
     ),
     "label": ({"loss": {"decode": {"choice": {"ce+x": DECODE_CE}}}}, "loss.decode: option 'ce+x'"),
+    # a baseline is built and checked on one batch like the space: 2 weights, 4 classes
+    "baseline": (
+        {"search": {"baselines": {"wce": {"decode": {"ce": {"class_weights": [1.0, 2.0]}}}}}},
+        "search.baselines.wce: ",
+    ),
+    "baseline_pareto": (
+        {
+            "search": {
+                "metric": ["val/mIoU", "val/boundary_IoU"],
+                "mode": ["max", "max"],
+                "scheduler": "fifo",
+                "baselines": {"ce": {"decode": DECODE_CE}},
+            }
+        },
+        "baselines: need one metric",
+    ),
+    "confirm_marker": (
+        {"search": {"confirm": {"choice": [{"top_k": 1}, {"top_k": 2}]}}},
+        "search.confirm: no search markers here",
+    ),
 }
 
 

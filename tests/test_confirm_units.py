@@ -15,7 +15,14 @@ from conftest import write_space
 from tune_losses.config import ConfigError, Experiment
 from tune_losses.space import SearchSpace
 from tune_losses.tiny import tiny_experiment
-from tune_losses.tracking import ConfirmArm, TrialRecord, confirm_outcome, paired_interval
+from tune_losses.tracking import (
+    ConfirmArm,
+    TrialRecord,
+    confirm_outcome,
+    confirm_story,
+    confirm_verdict,
+    paired_interval,
+)
 from tune_losses.tune.cli import main
 from tune_losses.tune.confirm import fresh_seeds, pick_arms, score_metric, trial_configs
 from tune_losses.tune.intensify import BASELINE_KEY, REPEAT_KEY, Intensifier
@@ -144,6 +151,9 @@ def test_the_arms_are_the_top_k_configurations_and_every_baseline() -> None:
 def test_fresh_seeds_skip_every_seed_the_search_used() -> None:
     assert fresh_seeds([0, 0], repeats=1, count=3) == [1, 2, 3]
     assert fresh_seeds([4, 0], repeats=3, count=2) == [7, 8]  # 4, 5, 6 searched
+    # a searched train.seed: past every seed any trial of the search trained at
+    assert fresh_seeds([0, 1], repeats=1, count=2, used=[0, 1, 9]) == [10, 11]
+    assert fresh_seeds([], repeats=1, count=2) == [0, 1]  # nothing finished: nothing clashes
     assert score_metric("val/mIoU", "test") == "test/mIoU"
 
 
@@ -175,6 +185,69 @@ def test_the_winner_is_the_best_mean_and_the_gain_pairs_common_seeds() -> None:
     assert out.winner.label == "base mf" and out.searched.label == "t02"
     assert out.gain == pytest.approx(paired_interval([9.0, 9.0]))
     assert confirm_outcome(arms[:2], "val/mIoU").gain is None
+
+
+def test_an_arm_scored_at_one_seed_is_not_ranked_and_a_tie_goes_to_the_baseline() -> None:
+    arms = [
+        ConfirmArm("t01", scores={1: 60.0, 2: math.nan}),  # one lucky draw, one failed run
+        ConfirmArm("t02", scores={1: 50.0, 2: 52.0}),
+        ConfirmArm("base ce", "ce", scores={1: 52.0, 2: 50.0}),  # the same mean as t02
+    ]
+    out = confirm_outcome(arms, "val/mIoU")
+    assert [a.label for a in out.arms] == ["base ce", "t02", "t01"]
+    assert out.winner.label == "base ce" and out.searched.label == "t02"
+    assert out.gain == pytest.approx(paired_interval([-2.0, 2.0]))
+    story = "\n".join(confirm_story(out, "val"))
+    assert "| t01 | 1 | 60.00 | nan |" in story
+    assert "Not ranked, fewer than 2 seeds scored" in story and "t01 (1)" in story
+    assert "**Winner by confirmed mean: base ce** (a baseline)" in story
+    arms.reverse()  # the tie does not depend on the order the runs were read in
+    assert confirm_outcome(arms, "val/mIoU").winner.label == "base ce"
+
+
+def test_the_story_says_why_there_is_no_winner_or_no_interval() -> None:
+    apart = [
+        ConfirmArm("t02", scores={1: 50.0, 2: 52.0}),
+        ConfirmArm("base ce", "ce", scores={3: 49.0, 4: 50.0}),  # no seed in common
+    ]
+    out = confirm_outcome(apart, "val/mIoU")
+    assert out.winner.label == "t02" and out.gain is None and out.pairs == 0
+    assert any("share 0 scored seed(s): no interval" in line for line in confirm_verdict(out))
+    failed = [ConfirmArm("t02", scores={1: 50.0}), ConfirmArm("base ce", "ce")]
+    out = confirm_outcome(failed, "val/mIoU")
+    assert out.winner is None and out.searched is None and out.baseline is None
+    text = " ".join(confirm_verdict(out))
+    assert "No arm was scored at 2 seeds or more: no winner" in text
+    assert "No baseline was ranked" in text and "base ce (0), t02 (1)" in text
+
+
+def test_the_confirm_split_is_checked_whole_and_train_is_the_run_s_train_split(
+    tmp_path: Path,
+) -> None:
+    """``train`` names ``data.train_split`` (here ``training``); a test split whose second
+    mask is missing is refused before the search, not after every confirm run's last epoch."""
+    from test_data import make_folders
+
+    from tune_losses.engine import Trainer
+    from tune_losses.tune.confirm import check_split
+    from tune_losses.tune.trainable import split_scores
+
+    (tmp_path / "data").mkdir()
+    root = make_folders(tmp_path / "data")
+    (root / "train").rename(root / "training")
+    data = {"format": "folders", "root": str(root), "batch_size": 2, "train_split": "training"}
+    raw = {**tiny_experiment(data=data), "search": {"confirm": {"split": "train", "seeds": 2}}}
+    space = SearchSpace(raw, "space.yaml")
+    check_split(space)
+    scores = split_scores(Trainer(space.experiment), "train")
+    assert math.isfinite(scores["train/mIoU"])
+    (root / "test").mkdir()
+    for part in ("images", "masks"):
+        (root / "val" / part).rename(root / "test" / part)
+    (root / "test" / "masks" / "001.png").unlink()
+    raw["search"]["confirm"]["split"] = "test"
+    with pytest.raises(ConfigError, match=r"^space.yaml: search.confirm.split: .*001"):
+        check_split(SearchSpace(raw, "space.yaml"))
 
 
 def test_scores_on_another_split_reach_the_child_run(tmp_path: Path) -> None:

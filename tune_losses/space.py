@@ -68,7 +68,7 @@ class SearchSpace:
     def _check(self) -> None:
         self.markers = list(walk_markers(self.raw))
         for name, _ in self.markers:
-            if name.startswith(("search.baselines.", "search.confirm.")):
+            if name.split(".")[:2] in (["search", "baselines"], ["search", "confirm"]):
                 what = ".".join(name.split(".")[:3])
                 raise ConfigError(f"{what}: no search markers here ({name}); it is fixed")
         for name, node in self.markers:
@@ -93,6 +93,7 @@ class SearchSpace:
         self._check_some_term()
         self.variants = [self.validate(self._concrete(chosen)) for chosen in variants]
         self._check_integer_fields(variants[2:])
+        self.baselines()
 
     def _concrete(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
         """The tree with each marker at ``chosen[name]`` where given, else its first value."""
@@ -196,7 +197,10 @@ class SearchSpace:
         for name, loss in (self.raw.get("search", {}).get("baselines") or {}).items():
             concrete = self._concrete({})
             concrete["loss"] = copy.deepcopy(loss)
-            out[str(name)] = self.validate(concrete)
+            try:
+                out[str(name)] = validate_experiment(concrete)
+            except ConfigError as exc:
+                raise ConfigError(f"search.baselines.{name}: {exc}") from None
         return out
 
     def numeric_markers(self) -> dict[str, tuple[str, float, float]]:

@@ -180,6 +180,11 @@ class SearchConfig(Strict):
                     f"{what}: not with scheduler {self.scheduler} (it mutates every member's "
                     "weights; a baseline or a confirmed configuration must stay fixed)"
                 )
+        if self.baselines and len(metrics) > 1:
+            raise ValueError(
+                f"baselines: need one metric to be ranked against, got {', '.join(metrics)} "
+                "(a Pareto front has no single best to beat)"
+            )
         if self.confirm is not None and (len(metrics) > 1 or not metrics[0].startswith("val/")):
             raise ValueError(
                 f"confirm: needs one metric of the val split (val/...), got {', '.join(metrics)}"

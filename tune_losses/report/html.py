@@ -16,7 +16,7 @@ from tune_losses.tracking import (
     CURVE_METRIC,
     ConfirmOutcome,
     TrialRecord,
-    confirm_story,
+    confirm_verdict,
     format_best,
     searched_params,
     short_value,
@@ -85,11 +85,9 @@ def _confirm_html(outcome: ConfirmOutcome) -> list[str]:
     """The confirm stage: each arm's mean and sd, then the winner and the paired gain."""
     head = ["arm", "baseline", "seeds", f"mean {outcome.metric}", "sd"]
     rows = [
-        [a.label, a.baseline, str(len(a.scores)), f"{a.mean:.2f}", f"{a.sd:.2f}"]
-        for a in outcome.arms
+        [a.label, a.baseline, str(a.scored), f"{a.mean:.2f}", f"{a.sd:.2f}"] for a in outcome.arms
     ]
-    text = [line for line in confirm_story(outcome, outcome.metric.split("/")[0])[6:] if line]
-    text = [line for line in text if not line.startswith("|")]
+    text = confirm_verdict(outcome)
     paragraphs = [f"<p>{escape(line.replace('**', ''))}</p>" for line in text]
     return ["<h2>Confirmed at fresh seeds</h2>", _html_table(head, rows), *paragraphs]
 

@@ -77,16 +77,34 @@ class ChildRuns(_Writer):
         run_id = self.children.get(trial_id)
         return self.client.get_run(run_id).info.run_name or run_id if run_id else trial_id
 
-    def trial_started(self, trial_id: str, name: str, config: Mapping[str, Any]) -> None:
-        """Open the trial's child run (or reopen it after a restore): params and config."""
+    def trial_started(
+        self,
+        trial_id: str,
+        name: str,
+        config: Mapping[str, Any],
+        tags: Mapping[str, str] | None = None,
+    ) -> None:
+        """Open the trial's child run (or reopen it after a restore): params and config.
+
+        ``tags`` (``repeat_of`` for a contender's repeat, ``baseline``, ``confirm`` and
+        ``seed``: runs without a trial number) are set as the run is created, in the same
+        call: a driver killed right after cannot leave a confirm run that reads as a trial."""
+        tags = dict(tags or {})
+        if {REPEAT_TAG, BASELINE_TAG, CONFIRM_TAG} & tags.keys():
+            self.repeats.add(trial_id)
+        if CONFIRM_TAG in tags:
+            self.confirms.add(trial_id)
         if trial_id in self.children:  # restored or retried: same run continues
-            self.client.update_run(self.children[trial_id], status="RUNNING")
-            self._complete_params(self.children[trial_id], config)
+            run_id = self.children[trial_id]
+            self.client.update_run(run_id, status="RUNNING")
+            for key, value in tags.items():
+                self.client.set_tag(run_id, key, value)
+            self._complete_params(run_id, config)
             return
         run = self.client.create_run(
             self.experiment_id,
             run_name=name,
-            tags={PARENT_TAG: self._parent(), TRIAL_TAG: trial_id},
+            tags={**tags, PARENT_TAG: self._parent(), TRIAL_TAG: trial_id},
         )
         run_id = run.info.run_id
         self.children[trial_id] = run_id
@@ -138,17 +156,6 @@ class ChildRuns(_Writer):
         ts = int(1000 * float(result.get("timestamp", time.time())))
         self.log_metrics(run_id, result, step, ts)
         self.logged_through[trial_id] = step
-
-    def trial_tagged(self, trial_id: str, tags: Mapping[str, str]) -> None:
-        """Set tags on a trial's child run (``repeat_of`` for a contender's repeat,
-        ``baseline``, ``confirm``: runs without a trial number)."""
-        run_id = self.children.get(trial_id)
-        if {REPEAT_TAG, BASELINE_TAG, CONFIRM_TAG} & tags.keys():
-            self.repeats.add(trial_id)
-        if CONFIRM_TAG in tags:
-            self.confirms.add(trial_id)
-        for key, value in tags.items() if run_id is not None else ():
-            self.client.set_tag(run_id, key, value)
 
     def trial_placed(self, trial_id: str, *, node_ip: str, hostname: str, device: str) -> None:
         """Tag the trial's child run with where it (last) ran: node IP, host, torch device."""

@@ -21,6 +21,7 @@ GAIN = "confirm/gain"  # parent metrics: the paired gain and its interval's ends
 GAIN_LOW = "confirm/gain_low"
 GAIN_HIGH = "confirm/gain_high"
 WINNER_TAG = "confirm_winner"  # parent tag: the arm with the best confirmed mean
+MIN_SEEDS = 2  # an arm scored at fewer seeds is not ranked: one draw is within seed noise
 
 
 def paired_interval(diffs: Sequence[float], level: float = LEVEL) -> tuple[float, float, float]:
@@ -45,6 +46,16 @@ class ConfirmArm:
     baseline: str = ""  # the baseline's name for a baseline's arm
     scores: dict[int, float] = field(default_factory=dict)
     run_ids: dict[int, str] = field(default_factory=dict)
+
+    @property
+    def scored(self) -> int:
+        """How many of its seeds have a finite score."""
+        return sum(math.isfinite(v) for v in self.scores.values())
+
+    @property
+    def ranked(self) -> bool:
+        """Whether it was scored at :data:`MIN_SEEDS` seeds or more (only those can win)."""
+        return self.scored >= MIN_SEEDS
 
     @property
     def mean(self) -> float:
@@ -108,14 +119,18 @@ def search_confirm(client: MlflowClient, parent: Run) -> ConfirmOutcome | None:
 
 def confirm_outcome(arms: Sequence[ConfirmArm], metric: str, mode: str = "max") -> ConfirmOutcome:
     """Rank the arms by confirmed mean (``mode``), name the winner, and pair the best
-    searched arm with the best baseline over the seeds both have a finite score at."""
+    searched arm with the best baseline over the seeds both have a finite score at.
+
+    Only arms scored at :data:`MIN_SEEDS` seeds or more are ranked (the rest are listed
+    last); a tie goes to the baseline (the change must earn its place), then by label."""
     sign = -1.0 if mode == "max" else 1.0
 
-    def key(arm: ConfirmArm) -> tuple[bool, float]:
-        return math.isnan(arm.mean), 0.0 if math.isnan(arm.mean) else sign * arm.mean
+    def key(arm: ConfirmArm) -> tuple[bool, float, bool, str]:
+        value = 0.0 if not arm.ranked else sign * arm.mean
+        return not arm.ranked, value, not arm.baseline, arm.label
 
     ranked = sorted(arms, key=key)
-    scored = [a for a in ranked if math.isfinite(a.mean)]
+    scored = [a for a in ranked if a.ranked]
     searched = next((a for a in scored if not a.baseline), None)
     baseline = next((a for a in scored if a.baseline), None)
     gain, pairs = None, 0
@@ -142,7 +157,7 @@ def confirm_rows(outcome: ConfirmOutcome) -> list[dict[str, object]]:
                 "rank": rank,
                 "arm": arm.label,
                 "baseline": arm.baseline,
-                "seeds": len(arm.scores),
+                "seeds": arm.scored,
                 f"mean_{outcome.metric}": arm.mean,
                 f"sd_{outcome.metric}": arm.sd,
                 "per_seed": " ".join(f"{s}:{v:.4f}" for s, v in sorted(arm.scores.items())),
@@ -152,22 +167,40 @@ def confirm_rows(outcome: ConfirmOutcome) -> list[dict[str, object]]:
 
 
 def confirm_story(outcome: ConfirmOutcome, split: str) -> list[str]:
-    """The parent story's section: each arm's mean +- sd on ``split``, the winner, and the
-    paired gain of the best searched arm over the best baseline with its 95 % interval."""
-    metric = outcome.metric
-    lines = ["", f"### Confirmed at fresh seeds ({metric} on the {split} split)", ""]
+    """The parent story's section: each arm's mean +- sd on ``split`` (seeds: those
+    scored), then :func:`confirm_verdict`."""
+    lines = ["", f"### Confirmed at fresh seeds ({outcome.metric} on the {split} split)", ""]
     lines += ["| arm | seeds | mean | sd |", "| --- | --- | --- | --- |"]
     for arm in outcome.arms:
         kind = f" (baseline {arm.baseline})" if arm.baseline else ""
-        lines.append(f"| {arm.label}{kind} | {len(arm.scores)} | {arm.mean:.2f} | {arm.sd:.2f} |")
-    lines.append("")
+        lines.append(f"| {arm.label}{kind} | {arm.scored} | {arm.mean:.2f} | {arm.sd:.2f} |")
+    return [*lines, "", *confirm_verdict(outcome)]
+
+
+def confirm_verdict(outcome: ConfirmOutcome) -> list[str]:
+    """The winner, the arms too few seeds scored, and the paired gain of the best searched
+    arm over the best baseline with its 95 % interval (or why there is none)."""
+    metric, lines = outcome.metric, []
+    short = [a for a in outcome.arms if not a.ranked]
+    if short:
+        listed = ", ".join(f"{a.label} ({a.scored})" for a in short)
+        lines.append(
+            f"Not ranked, fewer than {MIN_SEEDS} seeds scored (a confirm run failed or "
+            f"logged no {metric}): {listed}."
+        )
     if outcome.winner is not None:
         what = "a baseline" if outcome.winner.baseline else "a searched configuration"
         lines.append(
             f"**Winner by confirmed mean: {outcome.winner.label}** ({what}), "
             f"{outcome.winner.mean:.2f}; `best_config.yaml` is its configuration."
         )
-    if outcome.gain is not None and outcome.searched and outcome.baseline:
+    else:
+        lines.append(
+            f"No arm was scored at {MIN_SEEDS} seeds or more: no winner; "
+            "`best_config.yaml` is the search's best."
+        )
+    searched, baseline = outcome.searched, outcome.baseline
+    if outcome.gain is not None and searched and baseline:
         mean, low, high = outcome.gain
         verdict = (
             "above 0: the gain holds at these seeds"
@@ -177,11 +210,20 @@ def confirm_story(outcome: ConfirmOutcome, split: str) -> list[str]:
             else "it includes 0: no gain shown"
         )
         lines.append(
-            f"Paired gain of {outcome.searched.label} over the best baseline "
-            f"{outcome.baseline.label}: **{mean:+.2f}** {metric}, 95 % interval "
+            f"Paired gain of {searched.label} over the best baseline "
+            f"{baseline.label}: **{mean:+.2f}** {metric}, 95 % interval "
             f"[{low:+.2f}, {high:+.2f}] over {outcome.pairs} seeds (t-interval of the "
             f"per-seed differences; {verdict})."
         )
-    elif outcome.baseline is None:
+    elif searched and baseline:
+        lines.append(
+            f"{searched.label} and {baseline.label} share {outcome.pairs} scored seed(s): "
+            "no interval (it needs 2)."
+        )
+    elif baseline is None and any(a.baseline for a in outcome.arms):
+        lines.append("No baseline was ranked: no gain to report.")
+    elif baseline is None:
         lines.append("No baseline was confirmed (search.baselines): no gain to report.")
+    else:
+        lines.append("No searched configuration was ranked: no gain to report.")
     return lines

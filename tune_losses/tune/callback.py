@@ -111,9 +111,7 @@ class TrialLogger(tune.Callback):
         elif not name:
             name = trial_run_name(self.tracker.next_trial_number(), values)
         logged = {k: v for k, v in values.items() if k not in MARK_KEYS}
-        self.tracker.trial_started(trial.trial_id, name, logged)
-        if tags:
-            self.tracker.trial_tagged(trial.trial_id, tags)
+        self.tracker.trial_started(trial.trial_id, name, logged, tags)
         sampled = {k: v for k, v in logged.items() if k != EXPERIMENT_KEY}
         names = short_names(list(sampled))
         shown = ", ".join(

@@ -29,7 +29,7 @@ from tune_losses.tune import state as run_state
 from tune_losses.tune.confirm import STAGE_KEY, check_split, confirm_stage
 from tune_losses.tune.resume import locate, resume_command, resume_settings
 from tune_losses.tune.state import SearchRun
-from tune_losses.tune.summary import say_first_failure, summarize
+from tune_losses.tune.summary import summarize
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -258,8 +258,6 @@ def run_search(
     except BaseException:
         tracker.abort("FAILED")
         raise
-    if code != 0:
-        say_first_failure(tracker)
     return code
 
 
@@ -290,6 +288,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         resumed = resume_settings(args) if args.resume and not args.dry_run else None
         space = load_space(args)
         preflight(space.variants, space.source)
+        for name, baseline in space.baselines().items():
+            preflight([baseline], f"{space.source}: search.baselines.{name}")
         check_split(space)
         if not args.address:  # local Ray sees the GPUs torch sees: refuse before any run
             check_resources(space, {"GPU": float(torch.cuda.device_count())}, "this machine")

@@ -31,15 +31,16 @@ STAGE_KEY = "stage"  # in the run folder's state: "confirm" once the search stag
 
 def check_split(space: SearchSpace) -> None:
     """Refuse, in one line before anything is written, a ``search.confirm.split`` the data
-    lacks (the synthetic data has only ``train`` and ``val``)."""
+    lacks or that holds a bad file: the whole split is validated here, once (the data's
+    stats cache keeps the result), not by every confirm run after its last epoch."""
     from tune_losses.data import DataError, build_split_loader
 
     confirm = space.experiment.search.confirm
-    if confirm is None or confirm.split in ("train", "val"):
+    if confirm is None:
         return
     try:
-        build_split_loader(space.experiment.data, confirm.split, limit=1)
-    except DataError as exc:
+        build_split_loader(space.experiment.data, confirm.split)
+    except (DataError, OSError) as exc:
         first = str(exc).splitlines()[0]
         raise ConfigError(f"{space.source}: search.confirm.split: {first}") from None
 
@@ -49,9 +50,12 @@ def score_metric(metric: str, split: str) -> str:
     return f"{split}/{metric.removeprefix('val/')}"
 
 
-def fresh_seeds(first_seeds: Sequence[int], repeats: int, count: int) -> list[int]:
-    """``count`` training seeds no arm was searched at: past ``max(first) + repeats - 1``."""
-    start = max(first_seeds) + repeats
+def fresh_seeds(
+    first_seeds: Sequence[int], repeats: int, count: int, used: Sequence[int] = ()
+) -> list[int]:
+    """``count`` training seeds neither an arm (past ``max(first) + repeats - 1``) nor any
+    trial of the search (``used``: e.g. a searched ``train.seed``) was trained at."""
+    start = max([f + repeats for f in first_seeds] + [u + 1 for u in used], default=0)
     return list(range(start, start + count))
 
 
@@ -79,8 +83,11 @@ def pick_arms(
     return arms
 
 
-def plan(space: SearchSpace, arms: list[dict[str, Any]]) -> dict[str, Any]:
-    """The confirm stage's plan (what :data:`ARMS_FILE` holds): arms, seeds, split, score."""
+def plan(
+    space: SearchSpace, arms: list[dict[str, Any]], used: Sequence[int] = ()
+) -> dict[str, Any]:
+    """The confirm stage's plan (what :data:`ARMS_FILE` holds): arms, seeds (fresh: past
+    ``used``, every seed the search trained at), split, score."""
     from tune_losses.tune.trainable import EXPERIMENT_KEY
 
     search = space.experiment.search
@@ -90,7 +97,7 @@ def plan(space: SearchSpace, arms: list[dict[str, Any]]) -> dict[str, Any]:
     firsts = [int(a["config"][EXPERIMENT_KEY]["train"]["seed"]) for a in arms]
     return {
         "arms": arms,
-        "seeds": fresh_seeds(firsts, search.repeats, confirm.seeds),
+        "seeds": fresh_seeds(firsts, search.repeats, confirm.seeds, used),
         "split": confirm.split,
         "score": score_metric(search.objectives[0][0], confirm.split),
         "mode": search.objectives[0][1],
@@ -202,7 +209,9 @@ def confirm_stage(
     """The confirm stage: planned from the leaderboard and saved in ``run_dir``, or its saved
     plan on ``--resume`` (``state`` says which); returns ``(outcome, plan)``, None when it
     was interrupted."""
-    from tune_losses.tracking import confirm_outcome, load_confirm, load_trials
+    from tune_losses.tracking import ConfirmArm, confirm_outcome, load_confirm, load_trials
+    from tune_losses.tune.intensify import BASELINE_KEY
+    from tune_losses.tune.trainable import EXPERIMENT_KEY, trial_values
 
     if state.get(STAGE_KEY) == "confirm":
         doc = load_plan(run_dir)
@@ -210,9 +219,13 @@ def confirm_stage(
         parent = tracker.client.get_run(tracker.parent_id)
         trials = load_trials(tracker.client, parent)
         configs = {(r.metrics or {}).get("trial_id"): r.config for r in results}
+        used = [int(trial_values(c)[EXPERIMENT_KEY]["train"]["seed"]) for c in configs.values()]
         top_k = space.experiment.search.confirm.top_k
-        doc = plan(space, pick_arms(trials, configs, top_k))
+        doc = plan(space, pick_arms(trials, configs, top_k), used)
         save_plan(run_dir, state, doc)
+    if not doc["arms"]:
+        print("confirm stage: no configuration or baseline finished; nothing to confirm")
+        return confirm_outcome([], doc["score"], doc["mode"]), doc
     print(
         f"confirm stage: training {len(doc['arms'])} arms at seeds {doc['seeds']} "
         f"on the {doc['split']} split",
@@ -224,6 +237,11 @@ def confirm_stage(
     log_missing_scores(tracker.client, tracker.parent_id, grid, doc["split"])
     parent = tracker.client.get_run(tracker.parent_id)
     arms = load_confirm(tracker.client, parent, doc["score"])
+    found = {a.label for a in arms}
+    for arm in doc["arms"]:  # an arm none of whose runs finished is listed, unscored
+        if arm["label"] not in found:
+            name = arm["config"].get(BASELINE_KEY, "") if arm["baseline"] else ""
+            arms.append(ConfirmArm(arm["label"], str(name)))
     return confirm_outcome(arms, doc["score"], doc["mode"]), doc
 
 
@@ -252,6 +270,11 @@ def confirmed_best(
         configs["best_config.yaml"] = yaml.safe_dump(arm["config"][EXPERIMENT_KEY], sort_keys=False)
         best.update({"best_trial": arm["trial_id"], WINNER_TAG: arm["label"]})
         best["confirm/winner_mean"] = outcome.winner.mean
+    elif "best_config.yaml" not in configs:  # resumed in this stage: the search's best
+        arm = next((a for a in doc["arms"] if a["trial_id"] == best.get("best_trial")), None)
+        if arm is not None:
+            text = yaml.safe_dump(arm["config"][EXPERIMENT_KEY], sort_keys=False)
+            configs["best_config.yaml"] = text
     if outcome.gain is not None:
         best.update(dict(zip((GAIN, GAIN_LOW, GAIN_HIGH), outcome.gain, strict=True)))
     return configs, best

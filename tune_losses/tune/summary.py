@@ -82,13 +82,20 @@ def summarize(
     for file, text in configs.items():
         what = {".csv": "table"}.get(Path(file).suffix, "best config")
         print(f"{what}: {run_state.write_text(search.run_dir, file, text)}")
+    unconfirmed = False
     if confirmed is not None:
         from tune_losses.tracking import confirm_story
 
         print("\n".join(confirm_story(confirmed[0], confirmed[1]["split"])).strip())
+        unconfirmed = confirmed[0].winner is None and bool(confirmed[1]["arms"])
     uri = search.state["tracking_uri"]
     print(f"review it:  mlflow ui --backend-store-uri {uri} --host 127.0.0.1")
-    return 0 if ok else 1
+    if not ok:
+        say_first_failure(tracker, "no trial finished")
+    elif unconfirmed:
+        what = "the confirm stage ranked no arm (best_config.yaml is the search's best)"
+        say_first_failure(tracker, what)
+    return 0 if ok and not unconfirmed else 1
 
 
 def tell_story(
@@ -145,10 +152,10 @@ def tell_story(
     return out if search.local else None
 
 
-def say_first_failure(tracker: Any) -> None:
-    """A search where no trial finished: the first trial's failure, one line on stderr."""
+def say_first_failure(tracker: Any, what: str) -> None:
+    """Why a search exits 1 (``what``) and the first failed run's reason: one line on stderr."""
     from tune_losses.tracking import failure_reasons
 
     reasons = failure_reasons(tracker.client, tracker.experiment_id, tracker.parent_id)
-    if reasons:
-        print(f"error: no trial finished; the first failure: {reasons[0]}", file=sys.stderr)
+    first = f"; the first failure: {reasons[0]}" if reasons else ""
+    print(f"error: {what}{first}", file=sys.stderr)

@@ -11,10 +11,20 @@ import pytest
 import yaml
 from scipy.stats import t as student_t
 
-from conftest import Searched, run_notebook, runs_of, search_in, write_space
+from conftest import (
+    Searched,
+    run_cli,
+    run_notebook,
+    runs_of,
+    sigkill_after,
+    sqlite_store,
+    start_search,
+    write_space,
+)
 
 EPOCHS = 2
 SEED = 0
+KILLED = "killed.txt"
 BASELINES = {
     "ce": {"decode": {"ce": {"weight": 1.0}}},
     "ce_dice": {"decode": {"ce": {"weight": 1.0}, "dice": {"weight": 0.5}}},
@@ -23,7 +33,9 @@ BASELINES = {
 
 @pytest.fixture(scope="module")
 def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Searched:
-    """2 searched configurations + 2 baselines (2 epochs, FIFO), then 4 arms x 2 seeds."""
+    """2 searched configurations + 2 baselines (2 epochs, FIFO), then 4 arms x 2 seeds; the
+    driver is SIGKILLed as the first confirm run starts (what it printed is kept in
+    ``killed.txt``) and the search resumed to its end: every test reads the resumed one."""
     root = tmp_path_factory.mktemp("confirm")
     space = write_space(
         root / "space.yaml",
@@ -38,7 +50,31 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Searched:
         },
         loss={"decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}}},
     )
-    return search_in(root, space)
+    uri = sqlite_store(root / "mlruns.db")
+    args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
+    args += ["--storage", str(root / "ray")]
+    (root / KILLED).write_text(sigkill_after(start_search(root, *args), "(confirm "))
+    done = run_cli(root, *args, "--resume")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    (run_dir,) = (root / "ray").iterdir()
+    return Searched(uri, run_dir, done.stdout)
+
+
+@pytest.mark.slow
+def test_a_driver_killed_in_the_confirm_stage_resumes_the_stage(confirmed: Searched) -> None:
+    """The resume goes on with the saved plan (the same arms and seeds), trains no searched
+    trial again, and leaves one FINISHED run per arm and seed (the killed run continued, or
+    deleted and run again when Ray's snapshot had not seen it)."""
+    killed = (confirmed.run_dir.parents[1] / KILLED).read_text()
+    planned = [line for line in killed.splitlines() if line.startswith("confirm stage:")]
+    assert len(planned) == 1 and "training 4 arms" in planned[0], killed[-3000:]
+    assert planned[0] in confirmed.out
+    resumed = [line for line in confirmed.out.splitlines() if " started: " in line]
+    assert resumed and all("(confirm " in line or "(restarted)" in line for line in resumed)
+    _, _, children = runs_of(confirmed.uri)
+    pairs = [(c.data.tags["confirm"], c.data.tags["seed"]) for c in _confirm_runs(children)]
+    assert len(pairs) == len(set(pairs)) == 8
+    assert all(c.info.status == "FINISHED" for c in children)
 
 
 def _confirm_runs(children: list) -> list:

@@ -33,6 +33,19 @@ ROOT = Path(__file__).resolve().parents[1]
 _STORE_TEMPLATE: list[Path] = []  # an empty MLflow sqlite store, made once per test process
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """How ``make test``'s workers share the tests (``--dist loadgroup``, in this order):
+    a file is one unit, except that the tests reading the session's ``tiny_search`` (three
+    files) are one, so that search runs once; the end-to-end files (those holding a ``slow``
+    test) come first and the unit tests fill the end, where a worker would otherwise wait
+    idle on the other's last search."""
+    slow = {item.path for item in items if item.get_closest_marker("slow")}
+    items.sort(key=lambda item: item.path not in slow)
+    for item in items:
+        group = "tiny_search" if "tiny_search" in item.fixturenames else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
+
+
 def sqlite_store(path: Path) -> str:
     """The URI of a new, empty MLflow sqlite store at ``path``: a copy of one made once per
     test process (an empty store's schema migrations take seconds, a copy milliseconds)."""

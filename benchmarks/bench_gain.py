@@ -236,11 +236,13 @@ def fullres_folder(args: argparse.Namespace, label: str, seed: int) -> Path:
 
 
 def fullres(args: argparse.Namespace) -> None:
-    """Train, then score on test, the tpe winner and best baseline at full resolution (a run
-    is skipped once scored; one killed before that trains again)."""
+    """Train, then score on test, the tpe winner and best baseline at full resolution, seed
+    by seed so that a stage stopped part-way leaves pairs (a run is skipped once scored; one
+    killed before that trains again)."""
     base = yaml.safe_load(args.fullres_config.read_text())
-    for label, loss in winner_losses(args, confirm_runs(args, "tpe")).items():
-        for seed in args.fullres_seeds:
+    losses = winner_losses(args, confirm_runs(args, "tpe"))
+    for seed in args.fullres_seeds:
+        for label, loss in losses.items():
             folder = fullres_folder(args, label, seed)
             if (folder / f"eval_{args.split}.json").is_file():
                 continue

@@ -3,8 +3,8 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-# pytest workers for `make test`: a file each, the end-to-end files first, the readers of
-# one shared search together (tests/conftest.py groups and orders them for pytest-xdist)
+# pytest workers for `make test`: a file each, the end-to-end files first (tests/conftest.py
+# orders them; xdist's own reorder, by number of tests, would put them last)
 TEST_WORKERS ?= 2
 STAMP  := $(VENV)/.installed
 
@@ -25,7 +25,7 @@ test: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/lint-imports
-	TUNE_LOSSES_REQUIRE_DATA=$${TUNE_LOSSES_REQUIRE_DATA:-0} $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	TUNE_LOSSES_REQUIRE_DATA=$${TUNE_LOSSES_REQUIRE_DATA:-0} $(PY) -m pytest -q --durations=15 -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test-fast: venv
 	$(PY) -m pytest -q -m "not slow"

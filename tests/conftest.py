@@ -34,16 +34,12 @@ _STORE_TEMPLATE: list[Path] = []  # an empty MLflow sqlite store, made once per 
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """How ``make test``'s workers share the tests (``--dist loadgroup``, in this order):
-    a file is one unit, except that the tests reading the session's ``tiny_search`` (three
-    files) are one, so that search runs once; the end-to-end files (those holding a ``slow``
-    test) come first and the unit tests fill the end, where a worker would otherwise wait
-    idle on the other's last search."""
+    """The order ``make test``'s workers take the files in (``--dist loadfile
+    --no-loadscope-reorder``): the end-to-end files (those holding a ``slow`` test) first,
+    the unit tests after, so the long searches start early and the short files fill the
+    end, where a worker would otherwise wait idle on the other's last search."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
     items.sort(key=lambda item: item.path not in slow)
-    for item in items:
-        group = "tiny_search" if "tiny_search" in item.fixturenames else item.path.stem
-        item.add_marker(pytest.mark.xdist_group(group))
 
 
 def sqlite_store(path: Path) -> str:

@@ -37,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -237,25 +238,38 @@ def fullres_folder(args: argparse.Namespace, label: str, seed: int) -> Path:
 
 def fullres(args: argparse.Namespace) -> None:
     """Train, then score on test, the tpe winner and best baseline at full resolution, seed
-    by seed so that a stage stopped part-way leaves pairs (a run is skipped once scored; one
-    killed before that trains again)."""
+    by seed, ``--fullres-parallel`` runs at a time (one seed's pair together, the cores
+    shared out), so that a stage stopped part-way leaves pairs; a run is skipped once
+    scored, one killed before that trains again."""
     base = yaml.safe_load(args.fullres_config.read_text())
     losses = winner_losses(args, confirm_runs(args, "tpe"))
-    for seed in args.fullres_seeds:
-        for label, loss in losses.items():
-            folder = fullres_folder(args, label, seed)
-            if (folder / f"eval_{args.split}.json").is_file():
-                continue
-            folder.mkdir(parents=True, exist_ok=True)
-            train = {**base["train"], "seed": seed, "epochs": args.fullres_epochs}
-            train["early_stopping"] = {"patience": None}
-            config = {**base, "train": train, "loss": loss}
-            (folder / "variant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
-            cmd = [sys.executable, "-m", "tune_losses.train", "--config"]
-            cmd += [str(folder / "variant.yaml"), "--out", str(folder)]
-            run(cmd, folder / "train.log")
-            cmd = [sys.executable, "-m", "tune_losses.evaluate", "--run", str(folder)]
-            run([*cmd, "--split", args.split], folder / "eval.log")
+    jobs = [(label, loss, seed) for seed in args.fullres_seeds for label, loss in losses.items()]
+    todo = [j for j in jobs if not (fullres_folder(args, j[0], j[2]) / _eval(args)).is_file()]
+    threads = max(1, (os.cpu_count() or 1) // args.fullres_parallel)
+    with ThreadPoolExecutor(args.fullres_parallel) as pool:
+        list(pool.map(lambda job: fullres_run(args, base, *job, threads=threads), todo))
+
+
+def _eval(args: argparse.Namespace) -> str:
+    return f"eval_{args.split}.json"
+
+
+def fullres_run(
+    args: argparse.Namespace, base: dict[str, Any], label: str, loss: Any, seed: int, threads: int
+) -> None:
+    """One full-resolution run: ``tune_losses.train`` at ``seed``, then its last weights
+    scored on the confirm split with ``tune_losses.evaluate``."""
+    folder = fullres_folder(args, label, seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    train = {**base["train"], "seed": seed, "epochs": args.fullres_epochs, "threads": threads}
+    train["early_stopping"] = {"patience": None}
+    config = {**base, "train": train, "loss": loss}
+    (folder / "variant.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    cmd = [sys.executable, "-m", "tune_losses.train", "--config"]
+    cmd += [str(folder / "variant.yaml"), "--out", str(folder)]
+    run(cmd, folder / "train.log")
+    cmd = [sys.executable, "-m", "tune_losses.evaluate", "--run", str(folder)]
+    run([*cmd, "--split", args.split], folder / "eval.log")
 
 
 def fullres_scores(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
@@ -415,6 +429,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fullres-config", type=Path, default=ROOT / "configs" / "camvid_unet.yaml")
     p.add_argument("--fullres-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fullres-epochs", type=int, default=12)
+    p.add_argument("--fullres-parallel", type=int, default=2, help="full-res runs at a time")
     p.add_argument("--report-only", action="store_true", help="run nothing: tabulate what is done")
     return p.parse_args(argv)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -81,6 +82,7 @@ def test_quick_study_reads_back_the_confirm_runs(
     config.write_text(yaml.safe_dump(tiny_experiment()))
     args = module.parse_args(["--out", str(tmp_path), "--fullres-config", str(config)])
     args.fullres_seeds, args.fullres_epochs, args.split = [7], 1, "val"
+    args.fullres_parallel = 1  # train and evaluate run in this process here: one at a time
     module.fullres(args)
     scores = module.fullres_scores(args)
     best = next(r["arm"] for r in result["rows"] if r["arm"].startswith("tpe "))
@@ -93,6 +95,7 @@ def test_quick_study_reads_back_the_confirm_runs(
     variant = yaml.safe_load((folder / "variant.yaml").read_text())
     assert variant["loss"] == arm["config"]["experiment"]["loss"]
     assert variant["train"]["seed"] == 7 and variant["train"]["epochs"] == 1
+    assert variant["train"]["threads"] == (os.cpu_count() or 1)  # the cores, one run at a time
     report = json.loads((folder / "eval_val.json").read_text())
     assert scores[best][7]["mIoU"] == pytest.approx(report["mIoU"])
 

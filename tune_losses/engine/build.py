@@ -129,18 +129,22 @@ def build_run(
     return Run(train_loader, val_loader, info, model, loss)
 
 
-def preflight(experiments: Sequence[Experiment], source: str = "") -> None:
+def preflight(
+    experiments: Sequence[Experiment], source: str = "", fields: Sequence[str] = ()
+) -> None:
     """Build and check every experiment of a search on the driver before any trial runs.
 
     The data is read and validated once per distinct ``data`` section; a bad file or
-    value stops the search as a one-line ConfigError naming ``source``.
+    value stops the search as a one-line ConfigError naming ``source`` and, where given,
+    the experiment's ``fields[i]`` (a baseline's ``search.baselines.<name>``).
     """
     data: dict[str, Any] = {}
-    for exp in experiments:
+    for i, exp in enumerate(experiments):
         key = exp.data.model_dump_json() + f"seed={exp.train.seed}"
         try:
             if key not in data:
                 data[key] = build_loaders(exp.data, seed=exp.train.seed)
             build_run(exp, data=data[key])
         except ConfigError as exc:
-            raise ConfigError(f"{source}: {exc}" if source else str(exc)) from None
+            where = [w for w in (source, fields[i] if i < len(fields) else "") if w]
+            raise ConfigError(": ".join([*where, str(exc)])) from None

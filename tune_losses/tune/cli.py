@@ -287,9 +287,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         resumed = resume_settings(args) if args.resume and not args.dry_run else None
         space = load_space(args)
-        preflight(space.variants, space.source)
-        for name, baseline in space.baselines().items():
-            preflight([baseline], f"{space.source}: search.baselines.{name}")
+        baselines = space.baselines()  # checked with the space's variants, the data read once
+        fields = [""] * len(space.variants) + [f"search.baselines.{n}" for n in baselines]
+        preflight([*space.variants, *baselines.values()], space.source, fields)
         check_split(space)
         if not args.address:  # local Ray sees the GPUs torch sees: refuse before any run
             check_resources(space, {"GPU": float(torch.cuda.device_count())}, "this machine")

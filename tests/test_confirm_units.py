@@ -310,3 +310,95 @@ def test_scores_missing_from_a_confirm_run_are_logged_from_ray(tmp_path: Path) -
     b = client.get_run(runs["b"].info.run_id).data.metrics
     assert b["test/mIoU"] == 33.0 and b["test/IoU/road"] == 90.0  # what it had is kept
     assert log_missing_scores(client, parent, results, "test") == 0
+
+
+def test_failed_confirm_runs_list_their_arm_unranked_and_name_the_failure(
+    tmp_path: Path,
+) -> None:
+    """An arm whose confirm runs failed is read back with nan scores (listed, not ranked),
+    a seed's finished run wins over a failed one, and the failure the search exits with is
+    a confirm run's, not an earlier search trial's."""
+    from mlflow.tracking import MlflowClient
+
+    from conftest import sqlite_store
+    from tune_losses.tracking import (
+        BASELINE_TAG,
+        CONFIRM_TAG,
+        PARENT_TAG,
+        SEED_TAG,
+        failure_reasons,
+        load_confirm,
+    )
+    from tune_losses.tracking.names import ERROR_REASON_TAG
+
+    client = MlflowClient(sqlite_store(tmp_path / "m.db"))
+    exp = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    parent = client.create_run(exp)
+
+    def child(status: str, reason: str = "", score: float | None = None, **tags: str) -> None:
+        run = client.create_run(exp, tags={PARENT_TAG: parent.info.run_id, **tags})
+        if score is not None:
+            client.log_metric(run.info.run_id, "test/mIoU", score, step=2)
+        if reason:
+            client.set_tag(run.info.run_id, ERROR_REASON_TAG, reason)
+        client.set_terminated(run.info.run_id, status)
+
+    child("FAILED", "search trial: out of memory")  # a search trial, not a confirm run
+    for seed, score in ((3, 41.0), (4, 43.0)):
+        child("FINISHED", score=score, **{CONFIRM_TAG: "t01", SEED_TAG: str(seed)})
+    child("FAILED", "retried, then finished", **{CONFIRM_TAG: "t01", SEED_TAG: "4"})
+    for seed in (3, 4):
+        tags = {CONFIRM_TAG: "base ce", BASELINE_TAG: "ce", SEED_TAG: str(seed)}
+        child("FAILED", f"ce seed {seed}: bad mask", **tags)
+    arms = {a.label: a for a in load_confirm(client, parent, "test/mIoU")}
+    assert arms["t01"].scores == {3: 41.0, 4: 43.0}
+    assert arms["base ce"].baseline == "ce" and arms["base ce"].scored == 0
+    out = confirm_outcome(list(arms.values()), "test/mIoU")
+    assert out.winner.label == "t01" and out.baseline is None
+    assert any("base ce (0)" in line for line in confirm_verdict(out))
+    run_id = parent.info.run_id
+    confirm = failure_reasons(client, exp, run_id, CONFIRM_TAG)
+    assert sorted(confirm) == [
+        "ce seed 3: bad mask",
+        "ce seed 4: bad mask",
+        "retried, then finished",
+    ]
+    assert failure_reasons(client, exp, run_id)[0] == "search trial: out of memory"
+
+
+def test_a_search_resumed_in_its_confirm_stage_keeps_the_search_s_best_config() -> None:
+    """No arm ranked after a resume (the search stage's results are not reloaded): the plan
+    holds the search's best configuration, which becomes ``best_config.yaml``."""
+    import yaml
+
+    from tune_losses.tune.confirm import confirmed_best
+
+    best_exp = tiny_experiment(train={"epochs": 2, "seed": 0})
+    doc = {
+        "arms": [
+            {"label": "t02", "trial_id": "b", "baseline": False, "config": {"x": 1}},
+            {
+                "label": "t01",
+                "trial_id": "a",
+                "baseline": False,
+                "config": {EXPERIMENT_KEY: best_exp},
+            },
+        ],
+        "split": "val",
+    }
+    outcome = confirm_outcome([ConfirmArm("t01", scores={5: 40.0})], "val/mIoU")
+    configs, best = confirmed_best((outcome, doc), {}, {"best_trial": "a"})
+    assert yaml.safe_load(configs["best_config.yaml"]) == best_exp
+    assert best == {"best_trial": "a"} and "confirm.csv" in configs
+
+
+def test_searches_pickled_before_the_tuner_split_still_load() -> None:
+    """Ray's ``tuner.pkl`` of a search started before ``tune/tuner.py`` was split names its
+    scheduler and searcher as ``tune_losses.tune.tuner.<class>``."""
+    import pickle
+
+    from tune_losses.tune.schedulers import ReplayASHA, ReplayFIFO
+
+    for cls in (ReplayASHA, ReplayFIFO, TellingOptunaSearch):
+        old = f"ctune_losses.tune.tuner\n{cls.__name__}\n.".encode()
+        assert pickle.loads(old) is cls  # noqa: S301 - our own names, built in this test

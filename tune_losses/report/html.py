@@ -82,7 +82,8 @@ def report_html(
 
 
 def _confirm_html(outcome: ConfirmOutcome) -> list[str]:
-    """The confirm stage: each arm's mean and sd, then the winner and the paired gain."""
+    """The confirm stage: each arm's mean and sd, then :func:`confirm_verdict` (arms not
+    ranked, the winner, the paired gain)."""
     head = ["arm", "baseline", "seeds", f"mean {outcome.metric}", "sd"]
     rows = [
         [a.label, a.baseline, str(a.scored), f"{a.mean:.2f}", f"{a.sd:.2f}"] for a in outcome.arms

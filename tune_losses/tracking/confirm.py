@@ -85,20 +85,27 @@ class ConfirmOutcome:
 
 
 def load_confirm(client: MlflowClient, parent: Run, score: str) -> list[ConfirmArm]:
-    """The confirm runs of ``parent`` (tagged ``confirm``), FINISHED, grouped by arm; each
-    run's score is its last value of ``score`` (``val/mIoU``, ``test/mIoU``)."""
+    """The confirm runs of ``parent`` (tagged ``confirm``) that ended, grouped by arm; each
+    run's score is its last value of ``score`` (``val/mIoU``, ``test/mIoU``), nan for a run
+    that failed (so an arm whose runs all failed is listed, unranked)."""
     pid = parent.info.run_id
-    query = f"tags.`{PARENT_TAG}` = '{pid}' and attributes.status = 'FINISHED'"
     arms: dict[str, ConfirmArm] = {}
-    for run in search_all(client, parent.info.experiment_id, query):
-        tags = run.data.tags
-        if CONFIRM_TAG not in tags or SEED_TAG not in tags:
-            continue
-        label = tags[CONFIRM_TAG]
-        arm = arms.setdefault(label, ConfirmArm(label, tags.get(BASELINE_TAG, "")))
-        seed = int(tags[SEED_TAG])
-        arm.scores[seed] = float(run.data.metrics.get(score, math.nan))
-        arm.run_ids[seed] = run.info.run_id
+    for status in ("FAILED", "FINISHED"):  # a finished run of a seed wins over a failed one
+        query = f"tags.`{PARENT_TAG}` = '{pid}' and attributes.status = '{status}'"
+        for run in search_all(client, parent.info.experiment_id, query):
+            tags = run.data.tags
+            if CONFIRM_TAG not in tags or SEED_TAG not in tags:
+                continue
+            label = tags[CONFIRM_TAG]
+            arm = arms.setdefault(label, ConfirmArm(label, tags.get(BASELINE_TAG, "")))
+            seed = int(tags[SEED_TAG])
+            value = (
+                float(run.data.metrics.get(score, math.nan)) if status == "FINISHED" else math.nan
+            )
+            if math.isfinite(arm.scores.get(seed, math.nan)) and not math.isfinite(value):
+                continue
+            arm.scores[seed] = value
+            arm.run_ids[seed] = run.info.run_id
     return list(arms.values())
 
 
@@ -154,7 +161,7 @@ def confirm_rows(outcome: ConfirmOutcome) -> list[dict[str, object]]:
     for rank, arm in enumerate(outcome.arms, 1):
         rows.append(
             {
-                "rank": rank,
+                "rank": rank if arm.ranked else "",  # fewer than MIN_SEEDS scored
                 "arm": arm.label,
                 "baseline": arm.baseline,
                 "seeds": arm.scored,

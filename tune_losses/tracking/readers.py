@@ -52,9 +52,14 @@ def search_all(client: MlflowClient, experiment_id: str, filter_string: str) -> 
             return runs
 
 
-def failure_reasons(client: MlflowClient, experiment_id: str, parent_id: str) -> list[str]:
-    """The ``error_reason`` of every FAILED child of a search, oldest first."""
+def failure_reasons(
+    client: MlflowClient, experiment_id: str, parent_id: str, tag: str = ""
+) -> list[str]:
+    """The ``error_reason`` of every FAILED child of a search (with ``tag`` set, e.g. the
+    confirm runs), oldest first."""
     query = f"tags.`{PARENT_TAG}` = '{parent_id}' and attributes.status = 'FAILED'"
+    if tag:
+        query += f" and tags.`{tag}` != ''"
     runs = reversed(search_all(client, experiment_id, query))
     return [r.data.tags.get(ERROR_REASON_TAG, "unknown error") for r in runs]
 

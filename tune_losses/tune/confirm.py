@@ -31,7 +31,8 @@ STAGE_KEY = "stage"  # in the run folder's state: "confirm" once the search stag
 
 def check_split(space: SearchSpace) -> None:
     """Refuse, in one line before anything is written, a ``search.confirm.split`` the data
-    lacks or that holds a bad file: the whole split is validated here, once (the data's
+    lacks or that holds a bad file: the split is validated here as the confirm runs will
+    score it (whole, or ``max_train``/``max_val`` of the run's own splits), once (the data's
     stats cache keeps the result), not by every confirm run after its last epoch."""
     from tune_losses.data import DataError, build_split_loader
 
@@ -219,7 +220,7 @@ def confirm_stage(
         parent = tracker.client.get_run(tracker.parent_id)
         trials = load_trials(tracker.client, parent)
         configs = {(r.metrics or {}).get("trial_id"): r.config for r in results}
-        used = [int(trial_values(c)[EXPERIMENT_KEY]["train"]["seed"]) for c in configs.values()]
+        used = [int(trial_values(r.config)[EXPERIMENT_KEY]["train"]["seed"]) for r in results]
         top_k = space.experiment.search.confirm.top_k
         doc = plan(space, pick_arms(trials, configs, top_k), used)
         save_plan(run_dir, state, doc)

@@ -94,7 +94,7 @@ def summarize(
         say_first_failure(tracker, "no trial finished")
     elif unconfirmed:
         what = "the confirm stage ranked no arm (best_config.yaml is the search's best)"
-        say_first_failure(tracker, what)
+        say_first_failure(tracker, what, confirm=True)
     return 0 if ok and not unconfirmed else 1
 
 
@@ -152,10 +152,12 @@ def tell_story(
     return out if search.local else None
 
 
-def say_first_failure(tracker: Any, what: str) -> None:
-    """Why a search exits 1 (``what``) and the first failed run's reason: one line on stderr."""
-    from tune_losses.tracking import failure_reasons
+def say_first_failure(tracker: Any, what: str, confirm: bool = False) -> None:
+    """Why a search exits 1 (``what``) and the first failed run's reason (of the confirm
+    runs only, with ``confirm``): one line on stderr."""
+    from tune_losses.tracking import CONFIRM_TAG, failure_reasons
 
-    reasons = failure_reasons(tracker.client, tracker.experiment_id, tracker.parent_id)
+    tag = CONFIRM_TAG if confirm else ""
+    reasons = failure_reasons(tracker.client, tracker.experiment_id, tracker.parent_id, tag)
     first = f"; the first failure: {reasons[0]}" if reasons else ""
     print(f"error: {what}{first}", file=sys.stderr)

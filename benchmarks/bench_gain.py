@@ -238,9 +238,9 @@ def fullres_folder(args: argparse.Namespace, label: str, seed: int) -> Path:
 
 def fullres(args: argparse.Namespace) -> None:
     """Train, then score on test, the tpe winner and best baseline at full resolution, seed
-    by seed, ``--fullres-parallel`` runs at a time (one seed's pair together, the cores
-    shared out), so that a stage stopped part-way leaves pairs; a run is skipped once
-    scored, one killed before that trains again."""
+    by seed, ``--fullres-parallel`` runs at a time (the cores shared out; with 2, a seed's
+    pair together; see RESULTS.md for which is faster), so that a stage stopped part-way
+    leaves pairs; a run is skipped once scored, one killed before that trains again."""
     base = yaml.safe_load(args.fullres_config.read_text())
     losses = winner_losses(args, confirm_runs(args, "tpe"))
     jobs = [(label, loss, seed) for seed in args.fullres_seeds for label, loss in losses.items()]
@@ -429,7 +429,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--fullres-config", type=Path, default=ROOT / "configs" / "camvid_unet.yaml")
     p.add_argument("--fullres-seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--fullres-epochs", type=int, default=12)
-    p.add_argument("--fullres-parallel", type=int, default=2, help="full-res runs at a time")
+    p.add_argument("--fullres-parallel", type=int, default=1, help="full-res runs at a time")
     p.add_argument("--report-only", action="store_true", help="run nothing: tabulate what is done")
     return p.parse_args(argv)
 

@@ -78,6 +78,7 @@ class SearchSpace:
         if self.grid_only and any(marker_of(o) for _, n in self.markers for o in _opts_of(n)):
             raise ConfigError("grid options may not hold further markers")
         self._check_every_option()
+        self._baselines = self._validate_baselines()
 
     def _check_every_option(self) -> None:
         """Validate the tree once per choice option (others at their first), and with every
@@ -93,7 +94,6 @@ class SearchSpace:
         self._check_some_term()
         self.variants = [self.validate(self._concrete(chosen)) for chosen in variants]
         self._check_integer_fields(variants[2:])
-        self.baselines()
 
     def _concrete(self, chosen: Mapping[str, Any]) -> dict[str, Any]:
         """The tree with each marker at ``chosen[name]`` where given, else its first value."""
@@ -192,7 +192,11 @@ class SearchSpace:
 
     def baselines(self) -> dict[str, Experiment]:
         """Each ``search.baselines`` entry's experiment: the space with its loss replaced by
-        the baseline's, markers outside ``loss`` at their first value (option or low bound)."""
+        the baseline's, markers outside ``loss`` at their first value (option or low bound);
+        validated once, with the space."""
+        return dict(self._baselines)
+
+    def _validate_baselines(self) -> dict[str, Experiment]:
         out = {}
         for name, loss in (self.raw.get("search", {}).get("baselines") or {}).items():
             concrete = self._concrete({})

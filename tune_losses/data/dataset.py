@@ -198,10 +198,8 @@ def build_split_loader(
     train / val split (what it trained and validated on), any other split whole.
     """
     folder = split_folder(cfg, split)
-    if limit is None:
-        limit = {split_folder(cfg, "train"): cfg.max_train, split_folder(cfg, "val"): cfg.max_val}
-        limit = limit.get(folder)
-    data = _load_split(cfg, folder, limit)
+    own = {split_folder(cfg, "train"): cfg.max_train, split_folder(cfg, "val"): cfg.max_val}
+    data = _load_split(cfg, folder, own.get(folder) if limit is None else limit)
     dataset = SegmentationDataset(
         data.source, build_val_transform(cfg.pad_multiple, cfg.ignore_index, cfg.scale)
     )

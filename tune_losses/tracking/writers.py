@@ -109,10 +109,7 @@ class RunLogger(_Writer):
     def log_numbers(self, numbers: Mapping[str, float], step: int) -> None:
         """Log every finite number of ``numbers`` at ``step``, whatever its name
         (``test/mIoU``: :meth:`log_epoch` keeps an epoch's ``train/`` and ``val/`` names only)."""
-        ts = int(time.time() * 1000)
-        metrics = [Metric(k, float(v), ts, step) for k, v in numbers.items() if math.isfinite(v)]
-        for i in range(0, len(metrics), _BATCH):
-            self.client.log_batch(self.run_id, metrics=metrics[i : i + _BATCH])
+        log_scores(self.client, self.run_id, numbers, step)
 
     def log_epoch(self, result: Mapping[str, Any]) -> None:
         """Log one epoch's numbers at step = epoch."""

@@ -239,7 +239,7 @@ def confirm_stage(
     parent = tracker.client.get_run(tracker.parent_id)
     arms = load_confirm(tracker.client, parent, doc["score"])
     found = {a.label for a in arms}
-    for arm in doc["arms"]:  # an arm none of whose runs finished is listed, unscored
+    for arm in doc["arms"]:  # an arm none of whose runs ended (never started): unscored
         if arm["label"] not in found:
             name = arm["config"].get(BASELINE_KEY, "") if arm["baseline"] else ""
             arms.append(ConfirmArm(arm["label"], str(name)))

@@ -274,7 +274,7 @@ def fullres_run(
 
 def fullres_scores(args: argparse.Namespace) -> dict[str, dict[int, dict[str, float]]]:
     """``{arm: {seed: metrics}}`` of the full-resolution runs scored so far."""
-    from tune_losses.evaluate import mlflow_metrics
+    from tune_losses.scorecard import mlflow_metrics
 
     out: dict[str, dict[int, dict[str, float]]] = {}
     for path in sorted((args.out / "fullres" / "runs").glob(f"*/seed*/eval_{args.split}.json")):

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import pickle
 import sys
 from collections.abc import Sequence
@@ -36,11 +35,11 @@ from typing import Any
 
 from tune_losses.config import ConfigError, Experiment, add_overrides_flag, load_experiment
 from tune_losses.data import DataError
+from tune_losses.scorecard import mlflow_metrics, print_table, score
 
 SEARCH_STATE = "tune_losses.json"  # tune/state.py's STATE_FILE (the Ray edge is not imported)
 _PARAMS = "params.json"  # Ray's copy of a trial's config, in the trial's folder
 _ORIGIN = "origin.json"  # tune/trainable.py's ORIGIN_FILE: the trial that wrote a checkpoint
-SUMMARY_KEYS = ("mIoU", "boundary_IoU", "boundary_F1", "pixel_acc", "mDice", "mean_acc")
 
 
 class EvaluateError(ValueError):
@@ -152,76 +151,6 @@ def search_target(folder: Path) -> Target:
     origin = checkpoint / _ORIGIN
     trial_id = json.loads(origin.read_text())["trial_id"] if origin.is_file() else None
     return Target(config, checkpoint, folder, trial_id)
-
-
-def _nan_to_none(values: Sequence[float]) -> list[float | None]:
-    return [None if math.isnan(v) else float(v) for v in values]
-
-
-def score(result: dict[str, Any], confmat: list[list[int]], class_names: list[str]) -> dict:
-    """The JSON report from :meth:`SegmentationMetrics.compute`'s ``result``: the means, and
-    per class IoU, precision = TP / (TP + FP), recall = TP / (TP + FN) and labelled pixels
-    (percent; ``None`` where undefined: a class never predicted has no precision)."""
-    per_class = {}
-    iou, precision, recall = (
-        _nan_to_none(result[k])
-        for k in ("iou_per_class", "precision_per_class", "recall_per_class")
-    )
-    for i, name in enumerate(class_names):
-        per_class[name] = {
-            "IoU": iou[i],
-            "precision": precision[i],
-            "recall": recall[i],
-            "pixels": int(sum(confmat[i])),
-        }
-    out: dict[str, Any] = {k: result[k] for k in SUMMARY_KEYS if k in result}
-    out = {k: None if math.isnan(v) else v for k, v in out.items()}
-    out["per_class"] = per_class
-    out["excluded_classes"] = [class_names[i] for i in result["excluded_classes"]]
-    out["confmat"] = confmat
-    return out
-
-
-def mlflow_metrics(report: dict[str, Any], split: str) -> dict[str, float]:
-    """The report's numbers under MLflow names: ``<split>/mIoU``, ``<split>/IoU/<class>``,
-    ``<split>/precision/<class>``, ``<split>/recall/<class>`` (undefined values left out)."""
-    out = {f"{split}/{k}": report[k] for k in SUMMARY_KEYS if report.get(k) is not None}
-    for name, row in report["per_class"].items():
-        for key in ("IoU", "precision", "recall"):
-            if row[key] is not None:
-                out[f"{split}/{key}/{name}"] = row[key]
-    return out
-
-
-def print_table(report: dict[str, Any], file: Any = None) -> None:
-    """Per-class IoU, precision, recall and pixels as a rich table, then the means."""
-    from rich.console import Console
-    from rich.table import Table
-
-    console = Console(file=file or sys.stdout, width=100)
-    where = f"{report['split']} split ({report['images']} images)"
-    console.print(f"{where}, weights of {report['scored']['weights']}", highlight=False)
-    table = Table()
-    table.add_column("class")
-    for column in ("IoU", "precision", "recall", "pixels"):
-        table.add_column(column, justify="right")
-
-    def cell(v: float | None) -> str:
-        return "-" if v is None else f"{v:.2f}"
-
-    for name, row in report["per_class"].items():
-        values = (cell(row["IoU"]), cell(row["precision"]), cell(row["recall"]))
-        table.add_row(name, *values, str(row["pixels"]))
-    console.print(table)
-    means = "  ".join(
-        f"{k} {cell(report.get(k))}"
-        for k in ("mIoU", "boundary_IoU", "boundary_F1", "pixel_acc")
-        if k in report
-    )
-    console.print(means, highlight=False)
-    if report["excluded_classes"]:
-        excluded = ", ".join(report["excluded_classes"])
-        console.print(f"excluded from the means (in neither labels nor predictions): {excluded}")
 
 
 def _log_target(args: argparse.Namespace, target: Target, exp: Experiment) -> Any:

@@ -134,6 +134,7 @@ def test_the_winner_is_the_best_confirmed_mean_and_the_interval_matches(
     means = {arm: statistics.fmean(v.values()) for arm, v in scores.items()}
     winner = max(means, key=means.get)
     assert parent.data.tags["confirm_winner"] == winner
+    assert parent.data.metrics["confirm/winner_mean"] == pytest.approx(means[winner])
     # best_config.yaml is the winner's configuration, at the seed the search trained it
     best = yaml.safe_load((confirmed.run_dir / "best_config.yaml").read_text())
     arm_run = next(c for c in _confirm_runs(children) if c.data.tags["confirm"] == winner)

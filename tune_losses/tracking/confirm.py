@@ -20,6 +20,7 @@ LEVEL = 0.95
 GAIN = "confirm/gain"  # parent metrics: the paired gain and its interval's ends
 GAIN_LOW = "confirm/gain_low"
 GAIN_HIGH = "confirm/gain_high"
+WINNER_MEAN = "confirm/winner_mean"  # parent metric: the winner's confirmed mean
 WINNER_TAG = "confirm_winner"  # parent tag: the arm with the best confirmed mean
 MIN_SEEDS = 2  # an arm scored at fewer seeds is not ranked: one draw is within seed noise
 

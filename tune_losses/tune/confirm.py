@@ -256,6 +256,7 @@ def confirmed_best(
         GAIN,
         GAIN_HIGH,
         GAIN_LOW,
+        WINNER_MEAN,
         WINNER_TAG,
         confirm_rows,
         leaderboard_csv,
@@ -270,7 +271,7 @@ def confirmed_best(
         arm = next(a for a in doc["arms"] if a["label"] == outcome.winner.label)
         configs["best_config.yaml"] = yaml.safe_dump(arm["config"][EXPERIMENT_KEY], sort_keys=False)
         best.update({"best_trial": arm["trial_id"], WINNER_TAG: arm["label"]})
-        best["confirm/winner_mean"] = outcome.winner.mean
+        best[WINNER_MEAN] = outcome.winner.mean
     elif "best_config.yaml" not in configs:  # resumed in this stage: the search's best
         arm = next((a for a in doc["arms"] if a["trial_id"] == best.get("best_trial")), None)
         if arm is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import json
 import os
 import pwd
 import re
@@ -37,9 +38,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """The order ``make test``'s workers take the files in (``--dist loadfile
     --no-loadscope-reorder``): the end-to-end files (those holding a ``slow`` test) first,
     the unit tests after, so the long searches start early and the short files fill the
-    end, where a worker would otherwise wait idle on the other's last search."""
+    end, where a worker would otherwise wait idle on the other's last search. Of the files
+    that read the session's ``tiny_search``, the largest goes early (it runs the search)
+    and the rest last, when the search is on disk for every worker to read."""
     slow = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow)
+    counts: dict[Path, int] = {}
+    for item in items:
+        if "tiny_search" in getattr(item, "fixturenames", ()):
+            counts[item.path] = counts.get(item.path, 0) + 1
+    first = max(counts, key=lambda path: (counts[path], str(path)), default=None)
+
+    def rank(item: pytest.Item) -> int:
+        if item.path in counts and item.path != first:
+            return 2
+        return 0 if item.path in slow else 1
+
+    items.sort(key=rank)
 
 
 def sqlite_store(path: Path) -> str:
@@ -203,11 +217,7 @@ class TinySearch:
     proc: subprocess.CompletedProcess[str]
 
 
-@pytest.fixture(scope="session")
-def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> TinySearch:
-    """One real search through the CLI for the session (about a minute on 2 cores): the
-    end-to-end test, the report and the notebook all read its MLflow store."""
-    root = tmp_path_factory.mktemp("tiny_search")
+def _run_tiny_search(root: Path) -> TinySearch:
     loss = {
         "decode": {
             "ce": {"weight": 1.0},
@@ -222,6 +232,29 @@ def tiny_search(tmp_path_factory: pytest.TempPathFactory) -> TinySearch:
     args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
     proc = run_cli(root, *args, "--storage", str(storage), "--seed", "3")
     return TinySearch(root, uri, "e2e", storage, proc)
+
+
+@pytest.fixture(scope="session")
+def tiny_search(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> TinySearch:
+    """One real search through the CLI for the whole run (about a minute on 2 cores): the
+    end-to-end test, the report and the notebook all read its MLflow store and files, and
+    none writes to them. Under pytest-xdist the first worker to ask runs it in the folder
+    every worker shares, the others wait on a lock and read what it printed from disk."""
+    if worker_id == "master":
+        return _run_tiny_search(tmp_path_factory.mktemp("tiny_search"))
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # one folder per run, above each worker's
+    root, printed = shared / "tiny_search", shared / "tiny_search.json"
+    with FileLock(str(shared / "tiny_search.lock")):
+        if not printed.is_file():
+            root.mkdir()
+            proc = _run_tiny_search(root).proc
+            fields = {"args": proc.args, "returncode": proc.returncode}
+            fields.update(stdout=proc.stdout, stderr=proc.stderr)
+            printed.write_text(json.dumps(fields))
+    proc = subprocess.CompletedProcess(**json.loads(printed.read_text()))
+    return TinySearch(root, f"sqlite:///{root / 'mlruns.db'}", "e2e", root / "ray", proc)
 
 
 def png_size(data: bytes) -> tuple[int, int]:

@@ -249,12 +249,14 @@ def tiny_search(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Tin
     with FileLock(str(shared / "tiny_search.lock")):
         if not printed.is_file():
             root.mkdir()
-            proc = _run_tiny_search(root).proc
+            searched = _run_tiny_search(root)
+            proc = searched.proc
             fields = {"args": proc.args, "returncode": proc.returncode}
             fields.update(stdout=proc.stdout, stderr=proc.stderr)
-            printed.write_text(json.dumps(fields))
-    proc = subprocess.CompletedProcess(**json.loads(printed.read_text()))
-    return TinySearch(root, f"sqlite:///{root / 'mlruns.db'}", "e2e", root / "ray", proc)
+            printed.write_text(json.dumps({"uri": searched.uri, "proc": fields}))
+    saved = json.loads(printed.read_text())
+    proc = subprocess.CompletedProcess(**saved["proc"])
+    return TinySearch(root, saved["uri"], "e2e", root / "ray", proc)
 
 
 def png_size(data: bytes) -> tuple[int, int]:

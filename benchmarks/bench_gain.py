@@ -243,14 +243,19 @@ def fullres(args: argparse.Namespace) -> None:
     leaves pairs; a run is skipped once scored, one killed before that trains again."""
     base = yaml.safe_load(args.fullres_config.read_text())
     losses = winner_losses(args, confirm_runs(args, "tpe"))
-    jobs = [(label, loss, seed) for seed in args.fullres_seeds for label, loss in losses.items()]
-    todo = [j for j in jobs if not (fullres_folder(args, j[0], j[2]) / _eval(args)).is_file()]
+    todo = [
+        (label, loss, seed)
+        for seed in args.fullres_seeds
+        for label, loss in losses.items()
+        if not (fullres_folder(args, label, seed) / _eval(args)).is_file()
+    ]
     threads = max(1, (os.cpu_count() or 1) // args.fullres_parallel)
     with ThreadPoolExecutor(args.fullres_parallel) as pool:
         list(pool.map(lambda job: fullres_run(args, base, *job, threads=threads), todo))
 
 
 def _eval(args: argparse.Namespace) -> str:
+    """The file ``tune_losses.evaluate`` writes in a run folder for the confirm split."""
     return f"eval_{args.split}.json"
 
 
@@ -277,7 +282,7 @@ def fullres_scores(args: argparse.Namespace) -> dict[str, dict[int, dict[str, fl
     from tune_losses.scorecard import mlflow_metrics
 
     out: dict[str, dict[int, dict[str, float]]] = {}
-    for path in sorted((args.out / "fullres" / "runs").glob(f"*/seed*/eval_{args.split}.json")):
+    for path in sorted((args.out / "fullres" / "runs").glob(f"*/seed*/{_eval(args)}")):
         flat = mlflow_metrics(json.loads(path.read_text()), args.split)
         metrics = {k.removeprefix(f"{args.split}/"): v for k, v in flat.items()}
         label = path.parent.parent.name.replace("_", " ", 1)

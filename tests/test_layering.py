@@ -28,6 +28,17 @@ def test_importing_leaves_ray_out(modules: str) -> None:
         assert loaded == "[]"
 
 
+def test_a_trial_process_does_not_import_mlflow() -> None:
+    """Workers never log (the driver does), so the trainable Ray unpickles in every trial
+    process must not pull in MLflow; Ray itself it needs."""
+    code = (
+        "import sys, tune_losses.tune.trainable; "
+        "print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "['ray']"
+
+
 def test_import_contracts_hold() -> None:
     """The import-linter contracts in pyproject.toml (also run by ``make test``)."""
     lint = [sys.executable, "-m", "importlinter.cli", "--no-cache"]

@@ -12,6 +12,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+# in a training result (an epoch's numbers): the split its ``<split>/...`` scores are on,
+# set where a run scores its final weights on another split (``test/mIoU``)
+SCORED_SPLIT = "scored_split"
 SUMMARY_KEYS = ("mIoU", "boundary_IoU", "boundary_F1", "pixel_acc", "mDice", "mean_acc")
 
 

@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tune_losses.config import flatten
+from tune_losses.scorecard import SCORED_SPLIT
 
 KIND_TAG = "tune_losses.kind"
 PARENT_TAG = "mlflow.parentRunId"
@@ -85,9 +86,6 @@ def trial_run_name(number: int, config: Mapping[str, Any]) -> str:
     ]
     chosen = [label for label in labels if label.lower() not in _OFF_LABELS]
     return f"{name} {'+'.join(chosen)}" if chosen else name
-
-
-SCORED_SPLIT = "scored_split"  # in an epoch's result: the split of its ``<split>/...`` scores
 
 
 def numeric_metrics(result: Mapping[str, Any]) -> dict[str, float]:

@@ -4,7 +4,7 @@ Reports every epoch with a checkpoint, and resumes from ``tune.get_checkpoint()`
 Ray retries a failed trial, a search is resumed, or PBT clones another trial's checkpoint
 (then the first result names the donor and epoch). MLflow is not touched here: the
 driver logs (:mod:`tune_losses.tune.callback`), so workers need no access to the
-tracking server.
+tracking server and start without importing MLflow.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from ray import tune
 
 from tune_losses.config import Experiment
 from tune_losses.engine import Trainer
-from tune_losses.tracking import SCORED_SPLIT
+from tune_losses.scorecard import SCORED_SPLIT
 
 EXPERIMENT_KEY = "experiment"
 CONFIRM_KEY = "confirm"  # in a confirm run's config: its arm (``t03``, ``base ce``)
@@ -124,7 +124,7 @@ def _last_epoch(trainer: Trainer) -> bool:
 def split_scores(trainer: Trainer, split: str) -> dict[str, Any]:
     """The trainer's current weights scored on ``split`` (a data folder, e.g. ``test``):
     :meth:`Trainer.evaluate`'s metrics renamed from ``val/...`` to ``<split>/...``, and the
-    split under :data:`~tune_losses.tracking.SCORED_SPLIT` so that the child run keeps them."""
+    split under :data:`~tune_losses.scorecard.SCORED_SPLIT` so that the child run keeps them."""
     from tune_losses.data import build_split_loader
 
     loader = build_split_loader(trainer.exp.data, split, device_type=trainer.device.type)

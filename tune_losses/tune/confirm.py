@@ -141,6 +141,7 @@ def run_confirm(
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
+    from tune_losses.tune import ray_fixes
     from tune_losses.tune.callback import TrialLogger
     from tune_losses.tune.trainable import MEMBER_KEY, train_trial
     from tune_losses.tune.tuner import _short_dirname, restore_tuner
@@ -153,6 +154,7 @@ def run_confirm(
     if run_state.has_file(path, run_state.TUNER_FILE):
         return restore_tuner(path, trainable).fit(), len(configs)
     logger = TrialLogger(tracker, max_epochs, metric=search.objectives[0][0], confirm=True)
+    ray_fixes.apply()
     tuner = tune.Tuner(
         trainable,
         param_space={MEMBER_KEY: tune.grid_search(configs)},

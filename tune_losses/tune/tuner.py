@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from typing import Any
 
@@ -13,6 +12,7 @@ from ray.tune.search import ConcurrencyLimiter
 
 from tune_losses.config import SearchConfig
 from tune_losses.space import SearchSpace
+from tune_losses.tune import ray_fixes
 from tune_losses.tune.intensify import Intensifier
 from tune_losses.tune.schedulers import ReplayASHA, ReplayFIFO, make_scheduler
 from tune_losses.tune.searcher import (
@@ -48,6 +48,7 @@ def new_tuner(
 ) -> tune.Tuner:
     """A fresh Tuner over ``space`` writing to ``results``/``name``, trial events to
     ``callback``, the Optuna study (named ``name``) to ``storage``."""
+    ray_fixes.apply()
     search = space.experiment.search
     if search.scheduler in ("pbt", "pb2"):
         return _population_tuner(space, trainable, name, results, callback)
@@ -141,27 +142,5 @@ def restore_tuner(run_dir: str, trainable: Callable[..., Any]) -> tune.Tuner:
     Errored trials stay errored (FAIL in Optuna, FAILED in MLflow, ERROR in Ray): they had
     their retry (``FailureConfig(max_failures=1)``), and a rerun would finish in MLflow and
     Ray while Optuna, which cannot change a finished trial, keeps it FAIL."""
-    _tolerate_gone_checkpoints()
+    ray_fixes.apply()
     return tune.Tuner.restore(run_dir, trainable, resume_unfinished=True, resume_errored=False)
-
-
-def _tolerate_gone_checkpoints() -> None:
-    """Let Ray's checkpoint manager delete a checkpoint that is already gone.
-
-    Ray's snapshot of a trial lists its kept checkpoints as they were up to ~10 s before
-    the driver was killed; the killed run may have deleted some since (``num_to_keep``).
-    Ray forces a snapshot every ``num_to_keep`` checkpoints, so the one a trial restores
-    from is always there, but deleting an older, already deleted one raises
-    FileNotFoundError in Ray 2.60 and fails the trial: here that deletion is a no-op."""
-    from ray.train._internal import checkpoint_manager
-
-    delete = checkpoint_manager._delete_fs_path
-    if getattr(delete, "tolerates_gone", False):
-        return
-
-    def tolerant(fs: Any, fs_path: str) -> None:
-        with contextlib.suppress(FileNotFoundError):
-            delete(fs=fs, fs_path=fs_path)
-
-    tolerant.tolerates_gone = True  # type: ignore[attr-defined]
-    checkpoint_manager._delete_fs_path = tolerant

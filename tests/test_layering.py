@@ -28,15 +28,19 @@ def test_importing_leaves_ray_out(modules: str) -> None:
         assert loaded == "[]"
 
 
-def test_a_trial_process_does_not_import_mlflow() -> None:
+def test_trial_processes_and_the_driver_import_only_what_they_use() -> None:
     """Workers never log (the driver does), so the trainable Ray unpickles in every trial
-    process must not pull in MLflow; Ray itself it needs."""
+    process must not pull in MLflow; and only PB2 needs scikit-learn (Ray's PB2 imports
+    it), not every search's Tuner, PBT code and summary. Each would be seconds of imports
+    for every trial process or search."""
     code = (
         "import sys, tune_losses.tune.trainable; "
-        "print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules))"
+        "print(sorted(m for m in ('ray', 'mlflow') if m in sys.modules)); "
+        "import tune_losses.tune.tuner, tune_losses.tune.pbt, tune_losses.tune.summary; "
+        "print('sklearn' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "['ray']"
+    assert out.stdout.split() == ["['ray']", "False"]
 
 
 def test_import_contracts_hold() -> None:

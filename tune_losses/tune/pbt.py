@@ -20,7 +20,6 @@ from typing import Any
 
 import optuna
 from ray.tune.schedulers import TrialScheduler
-from ray.tune.schedulers.pb2 import PB2
 from ray.tune.schedulers.pbt import PopulationBasedTraining
 
 from tune_losses.config import PHASE_TRAIN_FIELDS, ConfigError, SearchConfig
@@ -102,6 +101,8 @@ def make_pbt(space: SearchSpace, search: SearchConfig) -> TrialScheduler:
             f"loss.* and train.{{{','.join(PHASE_TRAIN_FIELDS)}}} can change mid-run: {fixed[0]}"
         )
     if search.scheduler == "pb2":
+        from ray.tune.schedulers.pb2 import PB2  # imports scikit-learn: only for PB2
+
         bounds = unconditional_markers(space)
         if not bounds:
             raise ConfigError(

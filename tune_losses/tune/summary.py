@@ -25,13 +25,14 @@ from tune_losses.tune.state import SearchRun
 def best_config(result: Any, scheduler: str) -> dict[str, Any]:
     """The winner's experiment; after PBT/PB2 the lineage it ran (from its last checkpoint)
     written as phases, so a retrain replays its weights and LR step for step."""
-    from tune_losses.engine import read_summary
-    from tune_losses.tune.pbt import learned_experiment
     from tune_losses.tune.trainable import EXPERIMENT_KEY, trial_values
 
     experiment = trial_values(result.config)[EXPERIMENT_KEY]
     if scheduler not in ("pbt", "pb2") or result.checkpoint is None:
         return experiment
+    from tune_losses.engine import read_summary
+    from tune_losses.tune.pbt import learned_experiment
+
     with result.checkpoint.as_directory() as directory:
         summary = read_summary(directory) or {}
     return learned_experiment(experiment, summary) if summary.get("lineage") else experiment

@@ -18,24 +18,37 @@ from ray.tune.execution.experiment_state import _ExperimentCheckpointManager
 from tune_losses.tune import ray_fixes
 
 
-def _snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int) -> dict[str, Any]:
-    """``n`` snapshots in a row through Ray's manager and syncer (every step, as a search
-    runs), each copy of the staging folder slowed to 0.3 s; what overlapped what."""
+def _snapshots(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, forced: list[bool]
+) -> dict[str, Any]:
+    """Snapshots in a row through Ray's manager and syncer (one a step, as a search runs;
+    ``forced``: whether Ray must copy each), each copy of the staging folder slowed to
+    0.3 s; when each was written and copied, and what reached storage."""
     staging, remote = tmp_path / "staging", tmp_path / "remote"
     staging.mkdir()
-    copies: list[tuple[float, float]] = []
+    launched: list[float] = []  # when each copy was launched (its thread starts later)
+    copies: list[tuple[float, float]] = []  # (launched, ended) of each copy
     copy = storage._pyarrow_fs_copy_files
 
     def slow_copy(*args: Any, **kwargs: Any) -> Any:
-        start = time.monotonic()
         time.sleep(0.3)
         try:
             return copy(*args, **kwargs)
         finally:
-            copies.append((start, time.monotonic()))
+            copies.append((launched[len(copies)], time.monotonic()))
 
     monkeypatch.setattr(storage, "_pyarrow_fs_copy_files", slow_copy)
     syncer = _FilesystemSyncer(pyarrow.fs.LocalFileSystem(), sync_period=0, sync_timeout=30)
+    sync_up = syncer.sync_up
+
+    def timed_sync_up(*args: Any, **kwargs: Any) -> bool:
+        launched.append(time.monotonic())
+        if not sync_up(*args, **kwargs):
+            launched.pop()  # skipped: a copy still runs
+            return False
+        return True
+
+    syncer.sync_up = timed_sync_up  # type: ignore[method-assign]
     context = SimpleNamespace(
         syncer=syncer,
         experiment_driver_staging_path=str(staging),
@@ -43,7 +56,7 @@ def _snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int) -> dict[
     )
     manager = _ExperimentCheckpointManager(storage=context, checkpoint_period=0)
     writes: list[float] = []
-    for i in range(n):
+    for i, force in enumerate(forced):
 
         def save(i: int = i) -> None:
             writes.append(time.monotonic())
@@ -52,7 +65,7 @@ def _snapshots(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, n: int) -> dict[
             tmp.write_text(str(i))
             os.replace(tmp, staging / "searcher-state.pkl")
 
-        manager.sync_up_experiment_state(save)
+        manager.sync_up_experiment_state(save, force=force)
     syncer.wait()
     return {"copies": copies, "writes": writes, "remote": remote}
 
@@ -69,25 +82,23 @@ def test_without_the_fix_ray_writes_a_snapshot_while_copying_the_last(
     fixed = _ExperimentCheckpointManager.sync_up_experiment_state
     original = getattr(fixed, "__wrapped__", fixed)  # Ray's, whether or not fixed here
     monkeypatch.setattr(_ExperimentCheckpointManager, "sync_up_experiment_state", original)
-    run = _snapshots(tmp_path, monkeypatch, 3)
+    run = _snapshots(tmp_path, monkeypatch, [False, False, True])
     assert _during_a_copy(run)
-    assert len(run["copies"]) < 3
 
 
-def test_each_snapshot_waits_for_the_last_copy_and_is_copied(
+def test_no_snapshot_is_written_while_a_copy_runs(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Snapshots taken while a copy runs are skipped, as Ray skips their copies; a
+    forced one waits for the copy, then is written and copied."""
     ray_fixes.apply()
     ray_fixes.apply()  # once per process, however often a Tuner is built
-    assert getattr(_ExperimentCheckpointManager.sync_up_experiment_state, "__wrapped__", None)
-    assert not getattr(
-        _ExperimentCheckpointManager.sync_up_experiment_state.__wrapped__,
-        ray_fixes._PATCHED,
-        False,
-    )
-    run = _snapshots(tmp_path, monkeypatch, 3)
+    fixed = _ExperimentCheckpointManager.sync_up_experiment_state
+    assert not getattr(fixed.__wrapped__, ray_fixes._PATCHED, False)  # not wrapped twice
+    run = _snapshots(tmp_path, monkeypatch, [False, False, True])
     assert _during_a_copy(run) == []
-    assert len(run["copies"]) == 3  # none skipped
+    assert len(run["writes"]) == 2 and len(run["copies"]) == 2  # the second one skipped
+    assert run["writes"][1] >= run["copies"][0][1]  # the forced one after the first copy
     remote = run["remote"]
     assert (remote / "experiment_state.json").read_text() == '{"step": 2}'
     assert (remote / "searcher-state.pkl").read_text() == "2"

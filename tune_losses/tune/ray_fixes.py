@@ -9,7 +9,7 @@ to the storage path in a background thread; two of its paths break under that pa
   still run. The copy lists the folder, then opens each file, and fails on the searcher's
   temporary file renamed in between (``FileNotFoundError ... -tmp-searcher-state-*.pkl``,
   logged with a traceback), or copies a half-written ``experiment_state-*.json``, the file
-  ``--resume`` reads first. Here a snapshot waits for the last copy to end.
+  ``--resume`` reads first. Here no snapshot is written while a copy runs.
 - :func:`tolerate_gone_checkpoints`: after a kill, Ray's snapshot may list a checkpoint the
   killed run already rotated away, and deleting it again failed the trial.
 
@@ -37,11 +37,13 @@ def apply() -> None:
 
 
 def snapshot_after_last_copy() -> None:
-    """Let each experiment snapshot wait for the last copy to storage before it writes.
+    """Never write an experiment snapshot while the last one is being copied to storage.
 
     Ray skips launching a copy while one runs, but not writing the files that copy reads.
-    The wait is only as long as the copy of a few small state files, and it also means no
-    snapshot is skipped: each one is copied. A failed copy is logged as Ray logs it."""
+    Here a snapshot taken while a copy runs is skipped whole, as Ray skips its copy (the
+    next step snapshots again), and one Ray must copy (``force``, or ``num_to_keep``
+    checkpoints since the last copy) waits for the running copy to end first. A failed
+    copy is logged as Ray logs it."""
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as Manager
 
     sync_up = Manager.sync_up_experiment_state
@@ -53,15 +55,18 @@ def snapshot_after_last_copy() -> None:
         self: Any, save_fn: Callable[[], None], force: bool = False, wait: bool = False
     ) -> None:
         def save_after_last_copy() -> None:
-            try:
-                if self._storage is not None:
-                    self._storage.syncer.wait()
-            except Exception:
-                logger.error(
-                    "copying the experiment state to %s failed; the next snapshot copies it",
-                    self._storage.experiment_fs_path,
-                    exc_info=True,
-                )
+            syncer = self._storage.syncer if self._storage is not None else None
+            if syncer is not None and syncer._should_continue_existing_sync():
+                if not (force or self._should_force_sync_up):
+                    return  # Ray skips this snapshot's copy: skip writing it as well
+                try:
+                    syncer.wait()
+                except Exception:
+                    logger.error(
+                        "copying the experiment state to %s failed; this snapshot copies it",
+                        self._storage.experiment_fs_path,
+                        exc_info=True,
+                    )
             save_fn()
 
         sync_up(self, save_after_last_copy, force=force, wait=wait)

@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 
 from tune_losses.engine import PREVIEW_IMAGES
 from tune_losses.plots import predictions_png_size
-from tune_losses.tiny import tiny_experiment
+from tune_losses.tiny import AUX_CE_WEIGHT, tiny_experiment, tiny_space
 
 ROOT = Path(__file__).resolve().parents[1]
 _STORE_TEMPLATE: list[Path] = []  # an empty MLflow sqlite store, made once per test process
@@ -72,19 +72,6 @@ def sqlite_store(path: Path) -> str:
 @pytest.fixture
 def tiny() -> dict[str, Any]:
     return tiny_experiment()
-
-
-# The aux-head CE weight of aux_weight.yaml: a constant or a decaying schedule.
-AUX_CE_WEIGHT: dict[str, Any] = {
-    "choice": {
-        "constant": {"uniform": [0.05, 1.0]},
-        "decay": {
-            "schedule": "linear",
-            "start": {"uniform": [0.3, 1.0]},
-            "end": {"uniform": [0.05, 0.3]},
-        },
-    }
-}
 
 
 def run_benchmark(script: str, out: Path, *args: str) -> subprocess.CompletedProcess[str]:
@@ -188,21 +175,8 @@ def sigkill_after(proc: subprocess.Popen[str], marker: str) -> str:
 
 
 def write_space(path: Path, **sections: object) -> Path:
-    raw = tiny_experiment()
-    raw["train"] = {"epochs": 4, "lr": 0.005}
-    raw["search"] = {
-        "num_samples": 6,
-        "max_concurrent": 2,
-        "grace_period": 1,
-        "reduction_factor": 2,
-        "n_startup_trials": 2,
-    }
-    raw["loss"] = {
-        "decode": {"ce": {"weight": 1.0}, "dice": {"weight": {"uniform": [0.0, 1.0]}}},
-        "aux": {"ce": {"weight": AUX_CE_WEIGHT}},
-    }
-    raw.update(sections)
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    """The tiny search space (:func:`tune_losses.tiny.tiny_space`) written to ``path``."""
+    path.write_text(yaml.safe_dump(tiny_space(**sections), sort_keys=False))
     return path
 
 

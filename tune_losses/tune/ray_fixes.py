@@ -40,10 +40,12 @@ def snapshot_after_last_copy() -> None:
     """Never write an experiment snapshot while the last one is being copied to storage.
 
     Ray skips launching a copy while one runs, but not writing the files that copy reads.
-    Here a snapshot taken while a copy runs is skipped whole, as Ray skips its copy (the
-    next step snapshots again), and one Ray must copy (``force``, or ``num_to_keep``
-    checkpoints since the last copy) waits for the running copy to end first. A failed
-    copy is logged as Ray logs it."""
+    Here a step's snapshot is skipped whole while a copy runs (Ray would skip its copy;
+    the next step snapshots again), decided once before Ray's own code runs so that Ray
+    neither copies a stale folder nor resets its count of checkpoints since the last copy.
+    A snapshot Ray must copy (``force``, ``wait``, or ``num_to_keep`` checkpoints of a trial
+    since the last copy) waits for the running copy to end first; a failed copy is logged
+    as Ray logs it."""
     from ray.tune.execution.experiment_state import _ExperimentCheckpointManager as Manager
 
     sync_up = Manager.sync_up_experiment_state
@@ -54,22 +56,19 @@ def snapshot_after_last_copy() -> None:
     def sync_up_after_last_copy(
         self: Any, save_fn: Callable[[], None], force: bool = False, wait: bool = False
     ) -> None:
-        def save_after_last_copy() -> None:
-            syncer = self._storage.syncer if self._storage is not None else None
-            if syncer is not None and syncer._should_continue_existing_sync():
-                if not (force or self._should_force_sync_up):
-                    return  # Ray skips this snapshot's copy: skip writing it as well
-                try:
-                    syncer.wait()
-                except Exception:
-                    logger.error(
-                        "copying the experiment state to %s failed; this snapshot copies it",
-                        self._storage.experiment_fs_path,
-                        exc_info=True,
-                    )
-            save_fn()
-
-        sync_up(self, save_after_last_copy, force=force, wait=wait)
+        syncer = self._storage.syncer if self._storage is not None else None
+        if syncer is not None and syncer._should_continue_existing_sync():
+            if not (force or wait or self._should_force_sync_up):
+                return
+            try:
+                syncer.wait()
+            except Exception:
+                logger.error(
+                    "copying the experiment state to %s failed; this snapshot copies it",
+                    self._storage.experiment_fs_path,
+                    exc_info=True,
+                )
+        sync_up(self, save_fn, force=force, wait=wait)
 
     setattr(sync_up_after_last_copy, _PATCHED, True)
     Manager.sync_up_experiment_state = sync_up_after_last_copy

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import statistics
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,18 +25,26 @@ from conftest import (
 
 EPOCHS = 2
 SEED = 0
-KILLED = "killed.txt"
 BASELINES = {
     "ce": {"decode": {"ce": {"weight": 1.0}}},
     "ce_dice": {"decode": {"ce": {"weight": 1.0}, "dice": {"weight": 0.5}}},
 }
 
 
+@dataclass
+class Killed:
+    """The search, SIGKILLed as its first confirm run starts: where it ran and what it
+    printed."""
+
+    args: list[str]
+    root: Path
+    out: str
+
+
 @pytest.fixture(scope="module")
-def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Searched:
+def killed_in_confirm(tmp_path_factory: pytest.TempPathFactory) -> Killed:
     """2 searched configurations + 2 baselines (2 epochs, FIFO), then 4 arms x 2 seeds; the
-    driver is SIGKILLed as the first confirm run starts (what it printed is kept in
-    ``killed.txt``) and the search resumed to its end: every test reads the resumed one."""
+    driver is SIGKILLed as the first confirm run starts."""
     root = tmp_path_factory.mktemp("confirm")
     space = write_space(
         root / "space.yaml",
@@ -53,22 +62,47 @@ def confirmed(tmp_path_factory: pytest.TempPathFactory) -> Searched:
     uri = sqlite_store(root / "mlruns.db")
     args = ["--space", str(space), "--tracking-uri", uri, "--experiment", "e2e"]
     args += ["--storage", str(root / "ray")]
-    (root / KILLED).write_text(sigkill_after(start_search(root, *args), "(confirm "))
-    done = run_cli(root, *args, "--resume")
+    return Killed(args, root, sigkill_after(start_search(root, *args), "(confirm "))
+
+
+@pytest.fixture(scope="module")
+def confirmed(killed_in_confirm: Killed) -> Searched:
+    """The killed search resumed to its end: every test but the kill's reads this one."""
+    killed = killed_in_confirm
+    done = run_cli(killed.root, *killed.args, "--resume")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    (run_dir,) = (root / "ray").iterdir()
-    return Searched(uri, run_dir, done.stdout)
+    (run_dir,) = (killed.root / "ray").iterdir()
+    return Searched(killed.args[killed.args.index("--tracking-uri") + 1], run_dir, done.stdout)
+
+
+def _plan(out: str) -> list[str]:
+    return [line for line in out.splitlines() if line.startswith("confirm stage:")]
 
 
 @pytest.mark.slow
-def test_a_driver_killed_in_the_confirm_stage_resumes_the_stage(confirmed: Searched) -> None:
+def test_the_confirm_stage_plans_its_arms_once_the_search_stage_ended(
+    killed_in_confirm: Killed,
+) -> None:
+    """Killed as the first confirm run starts: the plan was printed once (4 arms), every
+    search-stage run (2 trials, 2 baselines) is FINISHED, the parent still RUNNING."""
+    planned = _plan(killed_in_confirm.out)
+    assert len(planned) == 1 and "training 4 arms" in planned[0], killed_in_confirm.out[-3000:]
+    uri = killed_in_confirm.args[killed_in_confirm.args.index("--tracking-uri") + 1]
+    _, parents, children = runs_of(uri)
+    assert [p.info.status for p in parents] == ["RUNNING"]
+    search = [c for c in children if "confirm" not in c.data.tags]
+    assert len(search) == 4 and all(c.info.status == "FINISHED" for c in search)
+
+
+@pytest.mark.slow
+def test_a_driver_killed_in_the_confirm_stage_resumes_the_stage(
+    killed_in_confirm: Killed, confirmed: Searched
+) -> None:
     """The resume goes on with the saved plan (the same arms and seeds), trains no searched
     trial again, and leaves one FINISHED run per arm and seed (the killed run continued, or
     deleted and run again when Ray's snapshot had not seen it)."""
-    killed = (confirmed.run_dir.parents[1] / KILLED).read_text()
-    planned = [line for line in killed.splitlines() if line.startswith("confirm stage:")]
-    assert len(planned) == 1 and "training 4 arms" in planned[0], killed[-3000:]
-    assert planned[0] in confirmed.out
+    (planned,) = _plan(killed_in_confirm.out)
+    assert planned in confirmed.out
     resumed = [line for line in confirmed.out.splitlines() if " started: " in line]
     assert resumed and all("(confirm " in line or "(restarted)" in line for line in resumed)
     _, _, children = runs_of(confirmed.uri)

@@ -67,28 +67,36 @@ def test_best_epoch_files_are_read_from_an_s3_checkpoint(
 
 
 @dataclass
-class Interrupted:
-    """A search on ``--storage s3://...`` stopped with Ctrl-C and resumed to its end, and
-    what each step left behind."""
+class Stopped:
+    """A search on ``--storage s3://...`` stopped with Ctrl-C, and what it left behind."""
 
+    cmd: list[str]
+    env: dict[str, str]
     uri: str
     s3: fs.S3FileSystem
     run_dir: str  # the search's folder in the bucket
     stopped: subprocess.CompletedProcess[str]  # the Ctrl-C'd search
     parent_status: str  # after Ctrl-C, before --resume
     child_statuses: list[str]
-    resumed: subprocess.CompletedProcess[str]
     local: Path  # the working folder
+
+
+@dataclass
+class Interrupted:
+    """The stopped search, then resumed to its end."""
+
+    stop: Stopped
+    resumed: subprocess.CompletedProcess[str]
 
 
 EPOCHS = 4
 
 
 @pytest.fixture(scope="module")
-def interrupted(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Interrupted:
+def stopped(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -> Stopped:
     """One FIFO search (3 trials, 4 epochs) on ``--storage s3://tune-losses/searches`` (state,
     checkpoints and best_config.yaml through pyarrow's S3 filesystem), Ctrl-C'd once a trial
-    reported epoch 2, then resumed from the latest search found by listing the bucket."""
+    reported epoch 2."""
     tmp_path = tmp_path_factory.mktemp("interrupted")
     space = write_space(
         tmp_path / "space.yaml",
@@ -119,35 +127,63 @@ def interrupted(s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory) -
         out = "".join(seen) + proc.communicate(timeout=300)[0]
     finally:
         stop_tree(proc, timeout=30)
-    stopped = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
+    done = subprocess.CompletedProcess(proc.args, proc.returncode, out, "")
     _, parents, children = runs_of(uri)
-    resumed = subprocess.run(
-        [*cmd, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
     s3 = s3_filesystem(s3_server)
     (run_dir,) = s3.get_file_info(fs.FileSelector(f"{s3_server.bucket}/searches"))
-    return Interrupted(
+    return Stopped(
+        cmd,
+        env,
         uri,
         s3,
         run_dir.path,
-        stopped,
+        done,
         parents[0].info.status,
         [c.info.status for c in children],
-        resumed,
         tmp_path,
     )
 
 
+@pytest.fixture(scope="module")
+def interrupted(stopped: Stopped) -> Interrupted:
+    """The stopped search ``--resume``-d from the latest search found by listing the
+    bucket."""
+    resumed = subprocess.run(
+        [*stopped.cmd, "--resume"],
+        cwd=stopped.local,
+        env=stopped.env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    return Interrupted(stopped, resumed)
+
+
+@pytest.mark.slow
+def test_ctrl_c_leaves_a_killed_parent_and_no_running_child(stopped: Stopped) -> None:
+    assert stopped.stopped.returncode == 130, stopped.stopped.stdout[-3000:]
+    assert "--resume" in stopped.stopped.stdout
+    assert stopped.parent_status == "KILLED"
+    assert "RUNNING" not in stopped.child_statuses
+
+
+@pytest.mark.slow
+def test_a_uri_storage_holds_the_state_and_no_study_file(stopped: Stopped) -> None:
+    """--storage <URI>: the search's state goes through pyarrow.fs, nothing under the
+    working folder; the Optuna study is in memory (say so)."""
+    out = stopped.stopped.stdout
+    assert stopped.stopped.returncode == 130, out[-3000:]
+    assert "Optuna study is kept in memory" in out
+    s3, run_dir = stopped.s3, stopped.run_dir
+    assert s3.get_file_info(f"{run_dir}/tune_losses.json").type == fs.FileType.File
+    assert s3.get_file_info(f"{run_dir}/optuna.db").type == fs.FileType.NotFound
+
+
 @pytest.mark.slow
 def test_interrupted_search_resumes_into_the_same_runs(interrupted: Interrupted) -> None:
-    assert interrupted.stopped.returncode == 130, interrupted.stopped.stdout[-3000:]
-    assert "--resume" in interrupted.stopped.stdout
-    assert interrupted.parent_status == "KILLED"
-    assert "RUNNING" not in interrupted.child_statuses
-
     done = interrupted.resumed
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    client, parents, children = runs_of(interrupted.uri)
+    client, parents, children = runs_of(interrupted.stop.uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 3
     for child in children:
@@ -159,21 +195,14 @@ def test_interrupted_search_resumes_into_the_same_runs(interrupted: Interrupted)
 
 @pytest.mark.slow
 def test_search_on_a_uri_storage_resumes(interrupted: Interrupted) -> None:
-    """--storage <URI>: state, checkpoints and best_config.yaml through pyarrow.fs, nothing
-    under the working folder; interrupted, then resumed from the latest search found by
-    listing that URI; the Optuna study is in memory (say so)."""
-    out = interrupted.stopped.stdout
-    assert interrupted.stopped.returncode == 130, out[-3000:]
-    assert "Optuna study is kept in memory" in out
-    s3, run_dir = interrupted.s3, interrupted.run_dir
-    assert s3.get_file_info(f"{run_dir}/tune_losses.json").type == fs.FileType.File
-    assert s3.get_file_info(f"{run_dir}/optuna.db").type == fs.FileType.NotFound
-
+    """Resumed from the latest search found by listing the URI: best_config.yaml is written
+    there, nothing under the working folder."""
     done = interrupted.resumed
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    s3, run_dir = interrupted.stop.s3, interrupted.stop.run_dir
     assert s3.get_file_info(f"{run_dir}/best_config.yaml").type == fs.FileType.File
-    assert not (interrupted.local / "ray_results").exists()
-    client, parents, children = runs_of(interrupted.uri)
+    assert not (interrupted.stop.local / "ray_results").exists()
+    client, parents, children = runs_of(interrupted.stop.uri)
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert [c.info.status for c in children] == ["FINISHED"] * 3
     for child in children:
@@ -186,12 +215,12 @@ def test_search_on_s3_storage_logs_every_best_epoch(interrupted: Interrupted) ->
     checkpoints in the bucket."""
     done = interrupted.resumed
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    client, _, children = runs_of(interrupted.uri)
+    client, _, children = runs_of(interrupted.stop.uri)
     for child in children:
         run_id = child.info.run_id
         arts = {a.path for a in client.list_artifacts(run_id)}
         assert {"best_epoch.json", "best_epoch", PREDICTIONS_FILE} <= arts, arts
-        local = interrupted.local / "download" / run_id
+        local = interrupted.stop.local / "download" / run_id
         local.mkdir(parents=True)
         best = json.loads(
             Path(client.download_artifacts(run_id, "best_epoch.json", str(local))).read_text()

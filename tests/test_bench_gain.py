@@ -32,14 +32,20 @@ def bench_gain() -> ModuleType:
     return module
 
 
+@pytest.fixture(scope="module")
+def quick_study(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``bench_gain.py --quick --stages tpe``: its output folder."""
+    out = tmp_path_factory.mktemp("gain")
+    done = run_benchmark("bench_gain.py", out, "--stages", "tpe")
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    return out
+
+
 @pytest.mark.slow
-def test_quick_study_reads_back_the_confirm_runs(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_quick_study_reads_back_the_confirm_runs(quick_study: Path) -> None:
     from mlflow.tracking import MlflowClient
 
-    done = run_benchmark("bench_gain.py", tmp_path, "--stages", "tpe")
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    tmp_path = quick_study
     result = json.loads((tmp_path / "gain.json").read_text())
     client = MlflowClient(f"sqlite:///{tmp_path / 'tpe' / 'mlruns.db'}")
     exp = client.get_experiment_by_name(f"{tmp_path.name}_tpe")
@@ -71,10 +77,18 @@ def test_quick_study_reads_back_the_confirm_runs(
     assert "| tpe t" in table and "| base ce |" in table and "Paired gains" in table
     assert (tmp_path / "per_class_iou.png").stat().st_size > 10_000
 
-    # the fullres stage trains the confirmed winner and the best baseline on another config
-    # (the tiny one here, in this process) and scores their last weights on the split
+
+@pytest.mark.slow
+def test_the_fullres_stage_trains_the_winner_and_the_best_baseline(
+    quick_study: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fullres stage trains the confirmed winner and the best baseline on another
+    config (the tiny one here, in this process) and scores their last weights on the
+    split."""
     from tune_losses import evaluate, train
 
+    tmp_path = quick_study
+    result = json.loads((tmp_path / "gain.json").read_text())
     module = bench_gain()
     clis = {"tune_losses.train": train.main, "tune_losses.evaluate": evaluate.main}
     monkeypatch.setattr(module, "run", lambda cmd, log: _ok(clis[cmd[2]](cmd[3:])))

@@ -11,6 +11,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -164,37 +165,57 @@ def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: RayCluste
     assert sorted(map(sorted, ran_on.values())) == [["head"], ["worker"]], ran_on
 
 
-def test_search_logs_to_a_team_mlflow_on_postgresql(
-    tmp_path: Path, mlflow_postgres_server: MlflowServer
-) -> None:
-    """Four trials at once against an ``mlflow server`` on PostgreSQL that serves the
-    artifacts: every child complete (params, one value per epoch per metric, artifacts
-    read back through the server), nothing left RUNNING, no "database is locked"."""
-    epochs = 3
+@dataclass
+class TeamSearch:
+    """A search logged to the team's MLflow on PostgreSQL: its folder, output and server."""
+
+    root: Path
+    proc: subprocess.CompletedProcess[str]
+    server: MlflowServer
+
+
+TEAM_EPOCHS = 3
+
+
+@pytest.fixture(scope="module")
+def team_search(
+    tmp_path_factory: pytest.TempPathFactory, mlflow_postgres_server: MlflowServer
+) -> TeamSearch:
+    """Four trials, two at a time (every MLflow write goes through the driver), against an
+    ``mlflow server`` on PostgreSQL that serves the artifacts."""
+    root = tmp_path_factory.mktemp("team_search")
     space = write_space(
-        tmp_path / "space.yaml",
-        train={"epochs": epochs, "lr": 0.005},
+        root / "space.yaml",
+        train={"epochs": TEAM_EPOCHS, "lr": 0.005},
         search={
             "num_samples": 4,
-            "max_concurrent": 4,
-            "cpus_per_trial": 0.5,
+            "max_concurrent": 2,
             "scheduler": "fifo",
-            "sampler": "random",  # four at once (TPE holds back all but its start-up trial)
+            "sampler": "random",  # two at once (TPE holds back all but its start-up trial)
         },
     )
     url = mlflow_postgres_server.url
     proc = run_cli(
-        tmp_path,
+        root,
         *("--space", str(space), "--tracking-uri", url, "--experiment", "e2e"),
-        *("--storage", str(tmp_path / "ray")),
+        *("--storage", str(root / "ray")),
     )
+    return TeamSearch(root, proc, mlflow_postgres_server)
+
+
+@pytest.mark.slow
+def test_search_logs_to_a_team_mlflow_on_postgresql(team_search: TeamSearch) -> None:
+    """Every child complete (params, one value per epoch per metric), nothing left RUNNING,
+    no "database is locked", no local store."""
+    proc, epochs = team_search.proc, TEAM_EPOCHS
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, output[-6000:]
-    assert not (tmp_path / "mlruns.db").exists() and not (tmp_path / "mlartifacts").exists()
-    for text in (output, mlflow_postgres_server.log.read_text()):
+    root = team_search.root
+    assert not (root / "mlruns.db").exists() and not (root / "mlartifacts").exists()
+    for text in (output, team_search.server.log.read_text()):
         assert "database is locked" not in text
 
-    client, parents, children = runs_of(url)
+    client, parents, children = runs_of(team_search.server.url)
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert len(children) == 4
     assert len({c.data.tags["ray.trial_id"] for c in children}) == 4
@@ -211,9 +232,21 @@ def test_search_logs_to_a_team_mlflow_on_postgresql(
         for key in [*per_epoch, "best_val_mIoU"]:
             steps = [m.step for m in client.get_metric_history(run_id, key)]
             assert sorted(steps) == list(range(1, epochs + 1)), (key, steps)
+
+
+@pytest.mark.slow
+def test_a_team_mlflow_serves_every_childs_artifacts(team_search: TeamSearch) -> None:
+    """Each child's artifacts, read back through the server, and stored in its
+    ``--artifacts-destination``."""
+    proc, epochs = team_search.proc, TEAM_EPOCHS
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-6000:]
+    client, _, children = runs_of(team_search.server.url)
+    assert len(children) == 4
+    for child in children:
+        run_id = child.info.run_id
         arts = {a.path for a in client.list_artifacts(run_id)}
         assert {"trial_config.yaml", "loss_setup.json", "best_epoch.json", "best_epoch"} <= arts
-        local = tmp_path / "download" / run_id
+        local = team_search.root / "download" / run_id
         local.mkdir(parents=True)
         config = Path(client.download_artifacts(run_id, "trial_config.yaml", str(local)))
         assert load_experiment(config).train.epochs == epochs
@@ -222,7 +255,7 @@ def test_search_logs_to_a_team_mlflow_on_postgresql(
         assert summary["epochs_run"] == epochs
         assert summary["best_val_mIoU"] == pytest.approx(child.data.metrics["best_val_mIoU"])
     # the artifacts went through the server into its --artifacts-destination
-    stored = list(mlflow_postgres_server.artifacts.rglob("trial_config.yaml"))
+    stored = list(team_search.server.artifacts.rglob("trial_config.yaml"))
     assert len(stored) == 4, stored
 
 

@@ -17,6 +17,7 @@ from tune_losses.space import SearchSpace
 from tune_losses.tiny import tiny_experiment
 from tune_losses.train import main as train_main
 from tune_losses.tune import cli
+from tune_losses.tune.run import check_resources
 
 DECODE_CE = {"ce": {"weight": 1.0}}
 STEP = {"schedule": "step", "values": [1.0, 0.5, 0.2], "milestones": [0.7, 0.3]}
@@ -161,11 +162,11 @@ def test_more_gpus_per_trial_than_the_machine_has(
 
 
 def test_resources_are_checked_against_the_cluster() -> None:
-    """What ``_fit`` checks right after ``ray.init``, on ``ray.cluster_resources()``."""
+    """What ``_start_ray`` checks right after ``ray.init``, on ``ray.cluster_resources()``."""
     space = SearchSpace(tiny_experiment(search={"cpus_per_trial": 4}), source="s.yaml")
     with pytest.raises(ConfigError, match=r"^s.yaml: search.cpus_per_trial: 4 CPU per trial"):
-        cli.check_resources(space, {"CPU": 2.0, "GPU": 0.0}, "the Ray cluster")
-    cli.check_resources(space, {"CPU": 8.0, "GPU": 0.0}, "the Ray cluster")
+        check_resources(space, {"CPU": 2.0, "GPU": 0.0}, "the Ray cluster")
+    check_resources(space, {"CPU": 8.0, "GPU": 0.0}, "the Ray cluster")
 
 
 def test_classes_json_names_the_file(tmp_path: Path) -> None:

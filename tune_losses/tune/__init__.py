@@ -1,6 +1,8 @@
 """The Ray edge of a search: the only package that imports Ray.
 
 - :mod:`~tune_losses.tune.cli`: ``python -m tune_losses.search`` (flags, dry run, exit codes);
+- :mod:`~tune_losses.tune.run`: a search from start to summary (MLflow parent, Ray, Tuner,
+  confirm stage, summary);
 - :mod:`~tune_losses.tune.tuner`: the Tuner of a run, fresh or restored;
 - :mod:`~tune_losses.tune.searcher`: the Optuna sampler and the searcher that tells Optuna how
   each trial ended; :mod:`~tune_losses.tune.schedulers`: ASHA (:mod:`~tune_losses.tune.rungs`)

@@ -1,7 +1,7 @@
 """Two fixes to Ray Tune 2.60's experiment snapshots, applied before a Tuner runs.
 
 A search snapshots its experiment after every step (``TUNE_GLOBAL_CHECKPOINT_S=0``, set in
-:mod:`tune_losses.tune.cli`), so that a killed driver leaves a state ``--resume`` can
+:mod:`tune_losses.tune.run`), so that a killed driver leaves a state ``--resume`` can
 finish. Ray writes each snapshot into the driver's staging folder, then copies that folder
 to the storage path in a background thread; two of its paths break under that pace:
 

@@ -143,6 +143,10 @@ def one_search(config: Path, out: Path, marks: dict[str, Any], k: int, cpus: flo
     ``marks`` taken by wrapping the functions it calls."""
     from tune_losses.tune import callback, cli, tuner
 
+    try:  # the search's steps, in tune/cli.py before tune/run.py held them
+        from tune_losses.tune import run as steps
+    except ImportError:
+        steps = cli
     marks["imports"] = time.time()
     import ray
     from ray import tune
@@ -152,11 +156,11 @@ def one_search(config: Path, out: Path, marks: dict[str, Any], k: int, cpus: flo
         return lambda: marks.setdefault(key, time.time())
 
     _wrap(cli, "preflight", None, mark("preflight"))
-    _wrap(cli, "_open_parent", None, mark("mlflow_parent"))
+    _wrap(steps, "_open_parent", None, mark("mlflow_parent"))
     _wrap(ray, "init", None, mark("ray_init"))
     _wrap(tuner, "new_tuner", None, mark("tuner_built"))
     _wrap(tune.Tuner, "fit", None, mark("fit_end"))
-    _wrap(cli, "summarize", None, mark("summary"))
+    _wrap(steps, "summarize", None, mark("summary"))
     _wrap(callback.TrialLogger, "on_trial_start", mark("trial_started"), lambda: None)
     _wrap(TuneController, "_schedule_trial_actor", mark("actor_requested"), lambda: None)
     results: list[dict[str, Any]] = []

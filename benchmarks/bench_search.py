@@ -43,12 +43,14 @@ import argparse
 import contextlib
 import copy
 import json
+import logging
 import math
 import os
 import shutil
 import statistics
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -229,7 +231,45 @@ def _search_in_process(argv: list[str], log: Path) -> int:
     paths = [str(ROOT), *filter(None, os.environ.get("PYTHONPATH", "").split(os.pathsep))]
     os.environ["PYTHONPATH"] = os.pathsep.join(dict.fromkeys(paths))
     with log.open("w") as fh, contextlib.redirect_stdout(fh), contextlib.redirect_stderr(fh):
-        return cli.main(argv)
+        with _console_logging_to(fh):
+            return cli.main(argv)
+
+
+@contextlib.contextmanager
+def _console_logging_to(fh: Any) -> Iterator[None]:
+    """Point the logging handlers that write to the console at ``fh`` for one search.
+
+    Ray's and Optuna's handlers (and Optuna's colour formatter) keep the ``sys.stderr`` of
+    their creation, the first search's log: without this, later searches' messages went to
+    that closed file (a traceback each) instead of their own log."""
+    for handler in _stream_handlers():
+        stream = handler.stream
+        if stream in (sys.__stdout__, sys.__stderr__) or getattr(stream, "closed", False):
+            _point(handler, fh)
+    try:
+        yield
+    finally:
+        for handler in _stream_handlers():
+            if handler.stream is fh:
+                _point(handler, sys.__stderr__)
+
+
+def _point(handler: logging.StreamHandler, stream: Any) -> None:
+    handler.setStream(stream)
+    if hasattr(handler.formatter, "stream"):  # colorlog asks it whether it is a terminal
+        handler.formatter.stream = stream
+
+
+def _stream_handlers() -> list[logging.StreamHandler]:
+    """Every stream handler of every logger, files excluded."""
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    return [
+        h
+        for lg in loggers
+        if isinstance(lg, logging.Logger)
+        for h in lg.handlers
+        if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    ]
 
 
 def read_events(run: Path) -> dict[str, Any]:

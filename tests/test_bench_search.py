@@ -1,9 +1,11 @@
-"""``benchmarks/bench_search.py --quick``: three searches run, their numbers read back."""
+"""``benchmarks/bench_search.py --quick``: four searches run, their numbers read back; run
+again, each search is read back from its summary, not run."""
 
 from __future__ import annotations
 
 import json
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -11,11 +13,20 @@ import pytest
 from conftest import run_benchmark
 
 
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess]:
+    """One ``--quick`` run (the grid and three ways of searching) and its folder."""
+    out = tmp_path_factory.mktemp("bench_search")
+    return out, run_benchmark("bench_search.py", out)
+
+
 @pytest.mark.slow
-def test_quick_search_benchmark_reads_back_every_way(tmp_path: Path) -> None:
-    done = run_benchmark("bench_search.py", tmp_path)
+def test_quick_search_benchmark_reads_back_every_way(
+    quick_run: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    out, done = quick_run
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
-    results = json.loads((tmp_path / "results.json").read_text())
+    results = json.loads((out / "results.json").read_text())
     assert results["quick"] and list(results["datasets"]) == ["synthetic"]
     synthetic = results["datasets"]["synthetic"]
     points, epochs = synthetic["grid_points"], synthetic["epochs"]
@@ -47,8 +58,19 @@ def test_quick_search_benchmark_reads_back_every_way(tmp_path: Path) -> None:
     assert "| way | seed | trials | epochs spent | best val mIoU |" in done.stdout
     assert done.stdout.count("| grid | 0 | 4 | 8 |") == 1
 
-    again = run_benchmark("bench_search.py", tmp_path)  # stored searches are read back
+
+@pytest.mark.slow
+def test_a_second_quick_run_reads_every_search_back(
+    quick_run: tuple[Path, subprocess.CompletedProcess],
+) -> None:
+    out, done = quick_run
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    first = json.loads((out / "results.json").read_text())["datasets"]["synthetic"]
+    logs = {log: log.stat().st_mtime_ns for log in out.glob("synthetic/*/search.log")}
+    assert len(logs) == 4
+    again = run_benchmark("bench_search.py", out)  # stored searches are read back, not run
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("done before, read back") == 4
-    rows_again = json.loads((tmp_path / "results.json").read_text())["datasets"]["synthetic"]
-    assert rows_again["rows"] == synthetic["rows"]
+    assert {log: log.stat().st_mtime_ns for log in logs} == logs  # no search ran again
+    rows_again = json.loads((out / "results.json").read_text())["datasets"]["synthetic"]
+    assert rows_again["rows"] == first["rows"]

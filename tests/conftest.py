@@ -503,6 +503,7 @@ class MlflowServer(NamedTuple):
     url: str
     log: Path  # the server's stdout and stderr
     artifacts: Path  # --artifacts-destination
+    backend: str  # --backend-store-uri
 
 
 @pytest.fixture(scope="session")
@@ -515,7 +516,7 @@ def mlflow_postgres_server(
     artifacts = root / "artifacts"
     options = ("--serve-artifacts", "--artifacts-destination", str(artifacts))
     with running_mlflow_server(root, postgresql.uri, *options) as url:
-        yield MlflowServer(url, root / "server.log", artifacts)
+        yield MlflowServer(url, root / "server.log", artifacts, postgresql.uri)
 
 
 # ------------------------------------------------------------------ a two-node Ray cluster

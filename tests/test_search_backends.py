@@ -165,6 +165,30 @@ def test_search_on_a_two_node_ray_cluster(tmp_path: Path, ray_cluster: RayCluste
     assert sorted(map(sorted, ran_on.values())) == [["head"], ["worker"]], ran_on
 
 
+def _in_postgresql(server: MlflowServer, query: str, *params: object) -> list[tuple]:
+    """Rows of ``query`` read straight from the team server's PostgreSQL database."""
+    import psycopg
+
+    with psycopg.connect(server.backend) as conn:
+        return conn.execute(query, params).fetchall()
+
+
+@pytest.mark.slow
+def test_a_team_mlflow_keeps_its_store_in_postgresql(mlflow_postgres_server: MlflowServer) -> None:
+    """The team's server answers, and what it serves is the PostgreSQL database: MLflow's
+    schema is there, and the experiments the server lists are the database's rows."""
+    server = mlflow_postgres_server
+    with urllib.request.urlopen(f"{server.url}/health", timeout=10) as resp:
+        assert resp.status == 200
+    assert _in_postgresql(server, "SELECT version_num FROM alembic_version")
+    listed = _rest(server.url, "/api/2.0/mlflow/experiments/search", {"max_results": 100})
+    stored = _in_postgresql(server, "SELECT experiment_id, name FROM experiments")
+    assert "Default" in {name for _, name in stored}
+    assert {(e["experiment_id"], e["name"]) for e in listed["experiments"]} == {
+        (str(i), name) for i, name in stored
+    }
+
+
 @dataclass
 class TeamSearch:
     """A search logged to the team's MLflow on PostgreSQL: its folder, output and server."""
@@ -218,6 +242,12 @@ def test_search_logs_to_a_team_mlflow_on_postgresql(team_search: TeamSearch) -> 
     client, parents, children = runs_of(team_search.server.url)
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert len(children) == 4
+    stored = _in_postgresql(
+        team_search.server,
+        "SELECT run_uuid, status FROM runs WHERE experiment_id = %s",
+        int(parents[0].info.experiment_id),
+    )  # the database holds them: the parent and its four children, all FINISHED
+    assert dict(stored) == {r.info.run_id: "FINISHED" for r in [*parents, *children]}
     assert len({c.data.tags["ray.trial_id"] for c in children}) == 4
     for child in children:
         run_id = child.info.run_id

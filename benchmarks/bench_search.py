@@ -255,7 +255,10 @@ def _console_logging_to(fh: Any) -> Iterator[None]:
 
 
 def _point(handler: logging.StreamHandler, stream: Any) -> None:
-    handler.setStream(stream)
+    if getattr(handler.stream, "closed", False):
+        handler.stream = stream  # setStream would flush the closed one first
+    else:
+        handler.setStream(stream)
     if hasattr(handler.formatter, "stream"):  # colorlog asks it whether it is a terminal
         handler.formatter.stream = stream
 

@@ -182,7 +182,9 @@ def test_a_team_mlflow_keeps_its_store_in_postgresql(mlflow_postgres_server: Mlf
         assert resp.status == 200
     assert _in_postgresql(server, "SELECT version_num FROM alembic_version")
     listed = _rest(server.url, "/api/2.0/mlflow/experiments/search", {"max_results": 100})
-    stored = _in_postgresql(server, "SELECT experiment_id, name FROM experiments")
+    stored = _in_postgresql(
+        server, "SELECT experiment_id, name FROM experiments WHERE lifecycle_stage = %s", "active"
+    )
     assert "Default" in {name for _, name in stored}
     assert {(e["experiment_id"], e["name"]) for e in listed["experiments"]} == {
         (str(i), name) for i, name in stored

@@ -24,6 +24,11 @@ class Step:
     proc: subprocess.CompletedProcess[str]
     results: dict[str, Any]
 
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        """The synthetic dataset's rows, a search each."""
+        return self.results["datasets"]["synthetic"]["rows"]
+
     def logs(self) -> dict[Path, int]:
         """Each search's log and when it was last written."""
         return {log: log.stat().st_mtime_ns for log in self.out.glob("synthetic/*/search.log")}
@@ -98,14 +103,15 @@ def test_quick_search_benchmark_reads_back_every_way(
     assert rows["tpe+"]["judged_unplayed"] == 0
     # the first step's searches were read back, not run again; the new ways ran
     assert step.proc.stdout.count("done before, read back") == 2
-    assert {log: log.stat().st_mtime_ns for log in first_logs} == first_logs
-    assert sorted(log.parent.name for log in step.logs()) == [
+    logs = step.logs()
+    assert {log: logs[log] for log in first_logs} == first_logs
+    assert sorted(log.parent.name for log in logs) == [
         "grid-seed0",
         "random-seed0",
         "tpe+-seed0",
         "tpe-seed0",
     ]
-    first_rows = {row["way"]: row for row in first_step.results["datasets"]["synthetic"]["rows"]}
+    first_rows = {row["way"]: row for row in first_step.rows}
     for way in ("grid", "tpe+"):
         assert rows[way] == first_rows[way]
     assert "| way | seed | trials | epochs spent | best val mIoU |" in step.proc.stdout
@@ -121,7 +127,4 @@ def test_a_third_quick_run_reads_every_search_back(
     again = _step(step.out)  # every search stored: each read back, none run
     assert again.proc.stdout.count("done before, read back") == 4
     assert again.logs() == logs  # no search's log was written again
-    assert (
-        again.results["datasets"]["synthetic"]["rows"]
-        == (step.results["datasets"]["synthetic"]["rows"])
-    )
+    assert again.rows == step.rows
